@@ -121,7 +121,8 @@ def train(model: torch.nn.Module, data: Mapping[str, torch.Tensor], p: FinetuneP
     total = steps_per_epoch * p.epochs if p.max_steps is None else p.max_steps
     settings = parse_optimizer_settings(p.optimizer)
     runner = build_optimizer(model, settings, total_steps=total,
-                             guide_batch=dict(guide) if guide is not None else None)
+                             guide_batch=dict(guide) if guide is not None else None,
+                             steps_per_epoch=steps_per_epoch)
     model.train()
     gen = torch.Generator().manual_seed(p.seed)
     torch.manual_seed(p.seed)

@@ -100,9 +100,15 @@ def ce_loss_parts(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def make_guide_loss(
-    model: nn.Module, batch: dict[str, Tensor]
+    model: nn.Module, batch: dict[str, Tensor], batch_size: int | None = None
 ) -> Callable[[dict[str, Tensor]], Tensor]:
     """Guidance loss ``params -> CE(model_params(batch))`` with dropout off.
+
+    ``batch_size`` None evaluates the whole guidance set every call (the
+    release's one fixed guidance batch). An int cycles through it in slices
+    of that size, one slice per call, wrapping around: every held-out
+    example is used, and the extra forward/backward costs what a training
+    batch of the same size does instead of growing with the guidance set.
 
     The model is switched to ``eval()`` for the guidance forward and back to
     its previous mode afterwards. ``labels`` are taken out of the inputs (the
@@ -111,10 +117,24 @@ def make_guide_loss(
     from the module. Plain cross-entropy: the guidance objective is the
     held-out loss, label smoothing is a training-loss hyperparameter.
     """
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    n = int(batch["labels"].shape[0])
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"guide batch_size must be >= 1, got {batch_size}")
+    size = n if batch_size is None else min(batch_size, n)
+    cursor = 0
+
+    def next_slice() -> dict[str, Tensor]:
+        nonlocal cursor
+        if size == n:
+            return batch
+        idx = torch.arange(cursor, cursor + size, device=batch["labels"].device) % n
+        cursor = (cursor + size) % n
+        return {k: v[idx] for k, v in batch.items()}
 
     def guide_loss(params: dict[str, Tensor]) -> Tensor:
+        part = next_slice()
+        labels = part["labels"]
+        inputs = {k: v for k, v in part.items() if k != "labels"}
         was_training = model.training
         model.eval()
         try:

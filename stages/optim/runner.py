@@ -215,10 +215,13 @@ def build_optimizer(
     settings: OptimizerSettings,
     total_steps: int,
     guide_batch: dict[str, Tensor] | None = None,
+    steps_per_epoch: int | None = None,
 ) -> StepRunner:
     """Make the optimizer, schedule and runner for ``settings.mode``.
 
-    ``total_steps`` sizes the schedule. ``guide_batch`` (a fixed held-out
+    ``total_steps`` sizes the schedule; ``steps_per_epoch`` is the line
+    searches' ``n_batches_per_epoch`` when their settings leave it None (500
+    if unknown). ``guide_batch`` (a fixed held-out
     batch with ``labels``) is required for lookahead and ignored otherwise.
     Parameter groups: one group ``"all"`` for adamw, adam_sls and lookahead;
     ``param_groups_by_layer(model, n_groups)`` for hypergradient and pla_sls.
@@ -253,7 +256,7 @@ def build_optimizer(
             raise ValueError("lookahead mode needs a guide_batch (held-out batch with labels)")
         opt = LookaheadHD(
             model,
-            make_guide_loss(model, guide_batch),
+            make_guide_loss(model, guide_batch, s.guide_batch_size),
             lr=s.lr,
             betas=(s.beta1, s.beta2),
             eps=s.eps,
@@ -274,7 +277,7 @@ def build_optimizer(
             c=s.c,
             beta_backtrack=s.beta_backtrack,
             gamma=s.gamma,
-            n_batches_per_epoch=s.n_batches_per_epoch,
+            n_batches_per_epoch=s.n_batches_per_epoch or steps_per_epoch or 500,
             max_trials=s.max_trials,
             fallback_step_size=s.fallback_step_size,
             weight_decay=s.weight_decay,

@@ -102,11 +102,15 @@ class LookaheadSettings(OptimizerSettingsBase, _AdamFields):
     """Greedy one-step lookahead hypergradient (Lichtarge et al.). ``tune``
     chooses the adapted hyperparameters (sorted, deduplicated); ``meta_lr`` is
     the constant meta-Adam rate; ``nan_guard`` the +/- bound nan_to_num puts on
-    infinite hypergradients (NaN -> 0); ``hypergrad_clip`` an optional value clip."""
+    infinite hypergradients (NaN -> 0); ``hypergrad_clip`` an optional value clip.
+    ``guide_batch_size``: guidance examples per step, cycling through the
+    held-out set (None: all of it every step, the release's fixed batch); the
+    default 32 makes the guidance forward/backward cost one training batch's."""
 
     mode: Literal["lookahead"] = "lookahead"
     tune: list[TunableHparam] = Field(default_factory=lambda: ["lr"], min_length=1)
     meta_lr: float = Field(3e-5, gt=0)
+    guide_batch_size: int | None = Field(32, ge=1)
     nan_guard: float = Field(10.0, gt=0)
     hypergrad_clip: float | None = Field(None, gt=0)
 
@@ -119,7 +123,10 @@ class LookaheadSettings(OptimizerSettingsBase, _AdamFields):
 class AdamSLSSettings(OptimizerSettingsBase, _AdamFields):
     """ADAMSLS (IN_STAGE.md section 3). ``lr`` is eta_0. ``c`` defaults to the
     released config's 0.1. ``fallback_step_size`` None keeps the backtracked
-    eta after ``max_trials`` failures. The line search sets the step size, so
+    eta after ``max_trials`` failures. ``n_batches_per_epoch`` None: the training
+    loop's real number of batches per epoch (the reset lets eta grow by at
+    most ``gamma`` per epoch, whatever the dataset size); an int fixes it (the
+    released code's 500). The line search sets the step size, so
     ``schedule`` must stay "constant" and ``warmup`` 0."""
 
     mode: Literal["adam_sls"] = "adam_sls"
@@ -127,7 +134,7 @@ class AdamSLSSettings(OptimizerSettingsBase, _AdamFields):
     c: float = Field(0.1, ge=0)
     beta_backtrack: float = Field(0.9, gt=0, lt=1)
     gamma: float = Field(2.0, ge=1)
-    n_batches_per_epoch: int = Field(500, ge=1)
+    n_batches_per_epoch: int | None = Field(None, ge=1)
     max_trials: int = Field(100, ge=1)
     fallback_step_size: float | None = Field(None, gt=0)
 

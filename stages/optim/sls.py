@@ -31,9 +31,9 @@ def deterministic_closure(
     """Wrap ``fn`` so every call draws the same random numbers (same dropout masks).
 
     A line search compares losses at different weights; with fresh dropout
-    masks per evaluation the comparison would be noise. Each call runs inside
-    ``torch.random.fork_rng`` re-seeded with ``seed``, so the caller's RNG
-    stream is untouched by the evaluations. With ``seed=None`` one seed is
+    masks per evaluation the comparison would be noise. Each call re-seeds the
+    CPU (and initialized CUDA) generators with ``seed`` and restores their
+    states afterwards, so the caller's RNG stream is untouched by the evaluations. With ``seed=None`` one seed is
     drawn from the global generator at creation time, so consecutive steps
     still get different masks and a seeded run stays reproducible.
     """
@@ -41,15 +41,26 @@ def deterministic_closure(
         seed = int(torch.randint(0, 2**62, (1,)).item())
 
     devices = (
-        [torch.cuda.current_device()]
+        list(range(torch.cuda.device_count()))
         if torch.cuda.is_available() and torch.cuda.is_initialized()
         else []
     )
 
     def closure() -> Tensor:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        # What torch.random.fork_rng does, minus torch.manual_seed's lazy CUDA
+        # seeding, which formats a stack trace per call when CUDA is unused
+        # (a few ms per line-search trial on a small model).
+        cpu_state = torch.get_rng_state()
+        cuda_states = [torch.cuda.get_rng_state(d) for d in devices]
+        torch.default_generator.manual_seed(seed)
+        for d in devices:
+            torch.cuda.default_generators[d].manual_seed(seed)
+        try:
             return fn()
+        finally:
+            torch.set_rng_state(cpu_state)
+            for d, state in zip(devices, cuda_states, strict=True):
+                torch.cuda.set_rng_state(state, d)
 
     return closure
 
@@ -201,23 +212,33 @@ class AdamSLS(Optimizer):
         return loss.detach()
 
     def _update_moments(self, t: int) -> None:
+        """Adam moments, then each group's ``sqrt(v_hat) + eps`` (``self._denoms``),
+        shared by the line search's directions and the real update."""
+        self._denoms: list[list[Tensor]] = []
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for p in self._params(group):
+            ps = self._params(group)
+            ms, vs = [], []
+            for p in ps:
                 state = self.state[p]
                 if not state:
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] = t
-                g = p.grad
-                state["exp_avg"].mul_(beta1).add_(g, alpha=1.0 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-
-    def _precond_direction(self, group: dict[str, Any], p: Tensor, t: int) -> Tensor:
-        """Momentum-free preconditioned gradient ``g / (sqrt(v_hat) + eps)``."""
-        beta2 = group["betas"][1]
-        v_hat = self.state[p]["exp_avg_sq"] / (1.0 - beta2**t)
-        return p.grad / (v_hat.sqrt() + group["eps"])
+                ms.append(state["exp_avg"])
+                vs.append(state["exp_avg_sq"])
+            if not ps:
+                self._denoms.append([])
+                continue
+            grads = [p.grad for p in ps]
+            torch._foreach_mul_(ms, beta1)
+            torch._foreach_add_(ms, grads, alpha=1.0 - beta1)
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+            denom = torch._foreach_div(vs, 1.0 - beta2**t)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, group["eps"])
+            self._denoms.append(denom)
 
     def _line_search(
         self,
@@ -229,9 +250,10 @@ class AdamSLS(Optimizer):
     ) -> SearchRecord:
         groups = [self.param_groups[i] for i in searched]
         params = [self._params(g) for g in groups]
+        # momentum-free preconditioned gradients g / (sqrt(v_hat) + eps)
         directions = [
-            [self._precond_direction(g, p, t) for p in ps]
-            for g, ps in zip(groups, params, strict=True)
+            torch._foreach_div([p.grad for p in ps], self._denoms[i]) if ps else []
+            for i, ps in zip(searched, params, strict=True)
         ]
         # pp_norm_g = sum(g^2 / (sqrt(v_hat) + eps)) = g . direction
         norms_t = [
@@ -273,15 +295,16 @@ class AdamSLS(Optimizer):
             )
             return record
 
-        saved = [[p.detach().clone() for p in ps] for ps in params]
+        saved = [torch._foreach_mul(ps, 1.0) if ps else [] for ps in params]  # copies
         scale = 1.0
         trial_loss = f0
         accepted = False
         trials = 0
         for _ in range(self.max_trials):
             for eta, ps, ws, ds in zip(etas, params, saved, directions, strict=True):
-                for p, w, d in zip(ps, ws, ds, strict=True):
-                    p.copy_(w).add_(d, alpha=-eta * scale)
+                if ps:
+                    torch._foreach_copy_(ps, ws)
+                    torch._foreach_add_(ps, ds, alpha=-eta * scale)
             trial_loss = float(closure().detach())
             self.forward_passes += 1
             trials += 1
@@ -290,8 +313,8 @@ class AdamSLS(Optimizer):
                 break
             scale *= self.beta_backtrack
         for ps, ws in zip(params, saved, strict=True):
-            for p, w in zip(ps, ws, strict=True):
-                p.copy_(w)
+            if ps:
+                torch._foreach_copy_(ps, ws)
         new_etas = [e * scale for e in etas]
         if not accepted and self.fallback_step_size is not None:
             new_etas = [self.fallback_step_size for _ in etas]
@@ -307,16 +330,16 @@ class AdamSLS(Optimizer):
         return record
 
     def _real_update(self, t: int) -> None:
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            eta, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
-            for p in self._params(group):
-                state = self.state[p]
-                if wd != 0.0:
-                    p.mul_(1.0 - eta * wd)
-                denom = (state["exp_avg_sq"] / bc2).sqrt_().add_(eps)
-                p.addcdiv_(state["exp_avg"], denom, value=-eta / bc1)
+        for group, denom in zip(self.param_groups, self._denoms, strict=True):
+            ps = self._params(group)
+            if not ps:
+                continue
+            beta1 = group["betas"][0]
+            eta, wd = group["lr"], group["weight_decay"]
+            if wd != 0.0:
+                torch._foreach_mul_(ps, 1.0 - eta * wd)
+            ms = [self.state[p]["exp_avg"] for p in ps]
+            torch._foreach_addcdiv_(ps, ms, denom, value=-eta / (1.0 - beta1**t))
 
 
 class PLASLS(AdamSLS):

@@ -187,3 +187,12 @@ def test_multiple_choice_model(mode: str, tiny_config: BertConfig) -> None:
     runner = build_optimizer(model, parse_optimizer_settings({"mode": mode}), 2)
     assert math.isfinite(runner.step(batch))
     assert model.training
+
+
+@pytest.mark.parametrize("mode", ["adam_sls", "pla_sls"])
+def test_line_search_reset_period_defaults_to_the_real_epoch(mode: str, tiny_bert: nn.Module) -> None:
+    default = parse_optimizer_settings({"mode": mode})
+    assert build_optimizer(tiny_bert, default, 90, steps_per_epoch=30).optimizer.n_batches_per_epoch == 30
+    assert build_optimizer(tiny_bert, default, 90).optimizer.n_batches_per_epoch == 500
+    fixed = parse_optimizer_settings({"mode": mode, "n_batches_per_epoch": 7})
+    assert build_optimizer(tiny_bert, fixed, 90, steps_per_epoch=30).optimizer.n_batches_per_epoch == 7

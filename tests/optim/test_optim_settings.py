@@ -55,7 +55,7 @@ def test_dump_is_complete_deterministic_and_round_trips(mode: str) -> None:
 def test_spec_defaults() -> None:
     sls = parse_optimizer_settings({"mode": "adam_sls"}).model_dump()
     assert sls["lr"] == 0.1 and sls["c"] == 0.1 and sls["beta_backtrack"] == 0.9
-    assert sls["gamma"] == 2.0 and sls["n_batches_per_epoch"] == 500 and sls["max_trials"] == 100
+    assert sls["gamma"] == 2.0 and sls["n_batches_per_epoch"] is None and sls["max_trials"] == 100
     assert (sls["beta1"], sls["beta2"]) == (0.9, 0.999)
     pla = parse_optimizer_settings({"mode": "pla_sls"}).model_dump()
     assert pla["n_groups"] == 10 and pla["strategy"] == "cycle"
