@@ -31,6 +31,9 @@ DEFAULT_SEARCH: dict[str, dict[str, dict[str, Any]]] = {
         "epochs": {"type": "int", "low": 3, "high": 12},
         "optimizer.mode": {"type": "categorical", "choices": ["adamw", "hypergradient"]},
         "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+        # Adam-HD's own hyper-learning-rate, only when it adapts the lr
+        "optimizer.hypergrad_lr": {"type": "float", "low": 1e-7, "high": 1e-5, "log": True,
+                                   "when": {"optimizer.mode": ["hypergradient"]}},
     },
 }
 

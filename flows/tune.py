@@ -87,7 +87,9 @@ def cache_view(store: ArtifactStore, trials: list[dict[str, Any]], groups: Stage
 
 
 def candidate_config(cfg: PipelineConfig, space: SearchSpace, cand: Candidate) -> PipelineConfig:
-    return apply_params(cfg, dict(zip(space.stage_names, cand.params, strict=True)))
+    return apply_params(cfg, {name: space.active_params(k, params)
+                              for k, (name, params) in enumerate(zip(space.stage_names,
+                                                                     cand.params, strict=True))})
 
 
 @flow(name="memotune-tune", log_prints=True)

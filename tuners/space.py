@@ -23,6 +23,14 @@ Encoding per parameter (``dims`` columns each):
 * ``CategoricalParam``: one-hot, ``len(choices)`` columns; decoding takes the
   argmax (first on ties), so uniform sampling is uniform over the choices and a
   relaxed optimizer can move continuously between choices.
+
+Conditional parameters: a spec may say ``when: {mode: [hypergradient]}``
+(another categorical param of the same stage and the choices under which it
+applies). The tuners still model every column; an inactive param decodes to
+a fixed canonical value (``low`` / the first choice), so configurations that
+differ only in inactive params are the same configuration (same prefix, same
+cache), and :meth:`SearchSpace.active_params` drops it before the pipeline
+sees it (an adamw optimizer has no ``hypergrad_lr``).
 """
 
 from __future__ import annotations
@@ -228,10 +236,40 @@ class CategoricalParam(Param):
 
 
 _ALLOWED_KEYS = {
-    "float": {"type", "low", "high", "log"},
-    "int": {"type", "low", "high", "log"},
-    "categorical": {"type", "choices"},
+    "float": {"type", "low", "high", "log", "when"},
+    "int": {"type", "low", "high", "log", "when"},
+    "categorical": {"type", "choices", "when"},
 }
+
+#: (parent param name, the parent's choices under which the param is active)
+Condition = tuple[str, tuple[Any, ...]]
+
+
+def canonical_value(p: Param) -> Any:
+    """The fixed value an inactive parameter takes (``low`` or the first choice)."""
+    if isinstance(p, CategoricalParam):
+        return p.choices[0]
+    return p.low  # type: ignore[attr-defined]
+
+
+def _condition_from_spec(spec: Any, stage: Sequence[Param], where: str) -> Condition:
+    """Parse ``when: {parent: value | [values]}`` against the stage's categorical params."""
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        raise ValueError(f"{where}: expected one entry {{param: value or [values]}}, got {spec!r}")
+    (parent, values), = spec.items()
+    by_name = {p.name: p for p in stage}
+    target = by_name.get(parent)
+    if not isinstance(target, CategoricalParam):
+        raise ValueError(f"{where}.{parent}: must name a categorical param of the same stage")
+    values = tuple(values) if isinstance(values, list | tuple) else (values,)
+    if not values:
+        raise ValueError(f"{where}.{parent}: expected at least one value")
+    for v in values:
+        try:
+            target.validate(v)
+        except ValueError as err:
+            raise ValueError(f"{where}.{parent}: {err}") from None
+    return parent, values
 
 
 def _param_from_spec(name: str, spec: Any, where: str) -> Param:
@@ -293,6 +331,7 @@ class SearchSpace:
         self,
         stages: Sequence[Sequence[Param]],
         stage_names: Sequence[str] | None = None,
+        conditions: Sequence[Mapping[str, Condition]] | None = None,
     ) -> None:
         self.stages: tuple[tuple[Param, ...], ...] = tuple(tuple(s) for s in stages)
         if not self.stages:
@@ -319,6 +358,23 @@ class SearchSpace:
             start += width
         self.stage_slices: tuple[slice, ...] = tuple(slices)
         self.dim: int = start
+        conds = list(conditions) if conditions is not None else [{} for _ in self.stages]
+        if len(conds) != len(self.stages):
+            raise ValueError("conditions must be one mapping per stage")
+        #: per stage: param name -> (parent, active choices) for conditional params
+        self.conditions: tuple[dict[str, Condition], ...] = tuple(dict(c) for c in conds)
+        for k, cond in enumerate(self.conditions):
+            names_k = {p.name for p in self.stages[k]}
+            for name, (parent, _) in cond.items():
+                if name not in names_k or parent not in names_k or parent == name:
+                    raise ValueError(
+                        f"stage {self.stage_names[k]!r}: bad condition {name!r} on {parent!r}"
+                    )
+                if parent in cond:
+                    raise ValueError(
+                        f"stage {self.stage_names[k]!r}: {name!r} depends on {parent!r}, "
+                        "which is itself conditional (one level only)"
+                    )
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -341,7 +397,7 @@ class SearchSpace:
         for stage in search:
             if stage not in order:
                 raise ValueError(f"search.{stage}: unknown stage, expected one of {order}")
-        stages, names = [], []
+        stages, names, conditions = [], [], []
         for stage in order:
             if stage not in search:
                 continue
@@ -353,16 +409,32 @@ class SearchSpace:
                 if not isinstance(pname, str) or not pname:
                     raise ValueError(f"search.{stage}: parameter names must be non-empty strings")
                 params.append(_param_from_spec(pname, pspec, f"search.{stage}.{pname}"))
+            cond: dict[str, Condition] = {}
+            for pname, pspec in spec.items():
+                if "when" in pspec:
+                    where = f"search.{stage}.{pname}.when"
+                    cond[pname] = _condition_from_spec(pspec["when"], params, where)
+            for pname, (parent, _) in cond.items():
+                if parent in cond:
+                    raise ValueError(f"search.{stage}.{pname}.when.{parent}: {parent} is itself "
+                                     "conditional (one level only)")
             stages.append(params)
             names.append(stage)
-        return cls(stages, names)
+            conditions.append(cond)
+        return cls(stages, names, conditions)
 
     def to_config(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Inverse of ``from_config`` (JSON-able)."""
-        return {
-            name: {p.name: p.to_dict() for p in stage}
-            for name, stage in zip(self.stage_names, self.stages, strict=True)
-        }
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for k, (name, stage) in enumerate(zip(self.stage_names, self.stages, strict=True)):
+            out[name] = {}
+            for p in stage:
+                d = p.to_dict()
+                if p.name in self.conditions[k]:
+                    parent, values = self.conditions[k][p.name]
+                    d["when"] = {parent: list(values)}
+                out[name][p.name] = d
+        return out
 
     def fingerprint(self) -> str:
         """Short hash identifying the space, stored in tuner state to catch mismatches."""
@@ -404,12 +476,33 @@ class SearchSpace:
         return out
 
     def stage_from_unit(self, k: int, u: Sequence[float]) -> dict[str, Any]:
-        """Decode stage ``k``'s columns into a params dict of valid python values."""
+        """Decode stage ``k``'s columns into a params dict of valid python values
+        (inactive conditional params at their canonical value)."""
         out, i = {}, 0
         for p in self.stages[k]:
             out[p.name] = p.from_unit(u[i : i + p.dims])
             i += p.dims
-        return out
+        return self.canonicalize(k, out)
+
+    def is_active(self, k: int, name: str, params: Mapping[str, Any]) -> bool:
+        """Whether stage ``k``'s param ``name`` applies given the stage's other values."""
+        cond = self.conditions[k].get(name)
+        if cond is None:
+            return True
+        parent, values = cond
+        return any(json.dumps(params[parent]) == json.dumps(v) for v in values)
+
+    def canonicalize(self, k: int, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Stage ``k``'s params with every inactive param set to its canonical value."""
+        by_name = {p.name: p for p in self.stages[k]}
+        return {
+            n: v if self.is_active(k, n, params) else canonical_value(by_name[n])
+            for n, v in params.items()
+        }
+
+    def active_params(self, k: int, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Stage ``k``'s params without the inactive ones: what the pipeline is given."""
+        return {n: v for n, v in params.items() if self.is_active(k, n, params)}
 
     def to_unit(self, config: Sequence[Mapping[str, Any]]) -> list[float]:
         """Encode a full configuration (one dict per stage) into ``dim`` numbers."""

@@ -68,7 +68,7 @@ class TPETuner(Tuner):
 
     def _unflat(self, flat: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [
-            {p.name: flat[self._flat_name(k, p.name)] for p in stage}
+            self.space.canonicalize(k, {p.name: flat[self._flat_name(k, p.name)] for p in stage})
             for k, stage in enumerate(self.space.stages)
         ]
 

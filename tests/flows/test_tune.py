@@ -92,3 +92,26 @@ def test_killed_study_resumes_with_every_observation_once(tiny, cli_env, tmp_pat
     ids = [t["id"] for t in result["trials"]]
     assert ids == list(range(5)) and saved < 5
     assert (tmp_path / "k1.png").exists()
+
+
+def test_default_search_tunes_adam_hd_rate_only_when_the_mode_is_hypergradient():
+    from flows.plan import stage_keys
+    from flows.tune import candidate_config
+    from tuners import Candidate
+
+    cfg = load_config(None)
+    space = SearchSpace.from_config(cfg.search, STAGE_NAMES)
+    inter = {"enabled": True, "epochs": 4, "optimizer.lr": 1e-3}
+
+    def config(mode: str, hd_lr: float):
+        target = {"epochs": 10, "optimizer.mode": mode, "optimizer.lr": 1e-3,
+                  "optimizer.hypergrad_lr": hd_lr}
+        params = [space.canonicalize(0, inter), space.canonicalize(1, target)]
+        return candidate_config(cfg, space, Candidate(params=params, id=0))
+
+    hd = config("hypergradient", 3e-6).target_finetune.optimizer
+    assert hd["mode"] == "hypergradient" and hd["hypergrad_lr"] == 3e-6 and hd["lr"] == 1e-3
+    adamw_a, adamw_b = config("adamw", 3e-6), config("adamw", 1e-5)  # inactive: dropped
+    assert "hypergrad_lr" not in adamw_a.target_finetune.optimizer
+    assert stage_keys(adamw_a) == stage_keys(adamw_b)
+    assert stage_keys(config("hypergradient", 1e-5)) != stage_keys(config("hypergradient", 3e-6))

@@ -14,6 +14,7 @@ from tuners import (
     CachedPrefix,
     CacheView,
     Candidate,
+    CategoricalParam,
     FloatParam,
     IntParam,
     SearchSpace,
@@ -159,3 +160,24 @@ def test_mixed_space_candidates_are_valid(mixed) -> None:
         mixed.space.validate(h["params"])
         assert type(h["params"][0]["n"]) is int and type(h["params"][1]["epochs"]) is int
         assert h["params"][1]["mode"] in ("a", "b", "c")
+
+
+@pytest.mark.parametrize("name", ["eeipu", "tpe"])
+def test_conditional_params_are_canonical_in_every_ask(name: str) -> None:
+    space = SearchSpace(
+        [[FloatParam("a", 0.0, 1.0)],
+         [CategoricalParam("mode", ("plain", "adaptive")), FloatParam("rate", 0.1, 1.0)]],
+        conditions=[{}, {"rate": ("mode", ("adaptive",))}],
+    )
+    kw = FAST if name == "eeipu" else {}
+    tuner = make_tuner(name, space, budget=1e4, seed=0, warmup=3, **kw)
+    modes = set()
+    for _ in range(8):
+        c = tuner.ask()
+        p = c.params[1]
+        modes.add(p["mode"])
+        if p["mode"] == "plain":
+            assert p["rate"] == 0.1  # the canonical value, not a random one
+        y = -abs(c.params[0]["a"] - 0.5) - (abs(p["rate"] - 0.6) if p["mode"] == "adaptive" else 0.3)
+        tuner.tell(c, y, [3.0, 1.0])
+    assert modes == {"plain", "adaptive"}

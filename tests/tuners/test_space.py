@@ -122,3 +122,56 @@ def test_cache_view_from_runs() -> None:
     assert view.cached_depth([{"a": 0.3}, {"b": 1}, {"c": "x"}]) == 0  # exact values only
     assert view.get(run1[:2]).load_costs == (0.5, 0.25)
     assert CacheView.empty().cached_depth(run1) == 0
+
+
+COND = {
+    "target_finetune": {
+        "optimizer.mode": {"type": "categorical", "choices": ["adamw", "hypergradient"]},
+        "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "optimizer.hypergrad_lr": {"type": "float", "low": 1e-7, "high": 1e-5, "log": True,
+                                   "when": {"optimizer.mode": ["hypergradient"]}},
+    }
+}
+
+
+def test_conditional_param_is_canonical_when_inactive_and_dropped_for_the_pipeline() -> None:
+    space = SearchSpace.from_config(COND, ORDER)
+    assert space.to_config() == COND  # round trip, condition included
+    rng = np.random.default_rng(0)
+    seen = {"adamw": set(), "hypergradient": set()}
+    for _ in range(200):
+        (params,) = space.sample(rng)
+        seen[params["optimizer.mode"]].add(params["optimizer.hypergrad_lr"])
+        active = space.active_params(0, params)
+        if params["optimizer.mode"] == "adamw":
+            assert "optimizer.hypergrad_lr" not in active
+        else:
+            assert active == params
+    assert seen["adamw"] == {1e-7}  # one canonical value: adamw configs differ only in lr
+    assert len(seen["hypergradient"]) > 50
+    # two encodings that differ only in the inactive column decode to the same config
+    base = space.to_unit([{"optimizer.mode": "adamw", "optimizer.lr": 1e-3,
+                           "optimizer.hypergrad_lr": 1e-7}])
+    other = list(base)
+    other[-1] = 0.9
+    assert prefix_key(space.from_unit(base)) == prefix_key(space.from_unit(other))
+    # and the fingerprint sees the condition
+    plain = {"target_finetune": {k: {f: x for f, x in v.items() if f != "when"}
+                                 for k, v in COND["target_finetune"].items()}}
+    assert SearchSpace.from_config(plain, ORDER).fingerprint() != space.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("when", "field"),
+    [
+        ({"optimizer.lr": [1e-3]}, "optimizer.hypergrad_lr.when.optimizer.lr"),
+        ({"optimizer.mode": ["sgd"]}, "optimizer.hypergrad_lr.when.optimizer.mode"),
+        ({"nope": ["adamw"]}, "optimizer.hypergrad_lr.when.nope"),
+        ("hypergradient", "optimizer.hypergrad_lr.when"),
+    ],
+)
+def test_conditional_param_errors_name_the_field(when: object, field: str) -> None:
+    bad = json.loads(json.dumps(COND))
+    bad["target_finetune"]["optimizer.hypergrad_lr"]["when"] = when
+    with pytest.raises(ValueError, match=f"search.target_finetune.{field}"):
+        SearchSpace.from_config(bad, ORDER)
