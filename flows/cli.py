@@ -199,7 +199,7 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
     except (*_user_errors(), ValueError) as e:
         fail(str(e))
     _connect_prefect()
-    from flows.tune import plot_progress, tune_flow
+    from flows.tune import plot_progress, shown_params, tune_flow
 
     if as_json:
         _quiet_prefect()
@@ -217,18 +217,20 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
     best = result["best"]
     if best is not None:
         out.print(f"[bold]best[/] trial {best['id']}: objective {best['objective']:.4f}  " +
-                  "  ".join(f"{s}: {p}" for s, p in zip(result["stage_names"], best["params"],
+                  "  ".join(f"{s}: {p}" for s, p in zip(result["stage_names"], shown_params(best),
                                                        strict=True)), highlight=False)
     out.print(f"spent {result['spent']:.0f}s of {result['budget']:.0f}s; plot: {png}; "
               f"resume with: memotune tune --resume {name}")
 
 
 def _trials_table(result: dict[str, Any]) -> None:
+    from flows.tune import shown_params
+
     table = Table(title=f"study {result['study']} ({result['tuner']})")
     for col in ("trial", "params", "objective", "cached stages", "cost s", "spent s"):
         table.add_column(col)
     for x in result["trials"]:
-        params = "; ".join(", ".join(f"{k}={_short(v)}" for k, v in p.items()) for p in x["params"])
+        params = "; ".join(", ".join(f"{k}={_short(v)}" for k, v in p.items()) for p in shown_params(x))
         n_cached = sum(s["status"] == "cached" for s in x["stages"])
         obj = f"{x['objective']:.4f}" if x["objective"] is not None else "failed"
         table.add_row(str(x["id"]), params, obj, f"{n_cached}/{len(x['stages'])}",

@@ -140,7 +140,9 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
                                 lock_dir=lock_dir)
         costs, cached = groups.fold(summary["stages"])
         t.tell(cand, summary["objective"], costs, cached)
-        trials.append({"id": cand.id, "params": cand.params, "prefix_depth": cand.prefix_depth,
+        active = [space.active_params(k, p) for k, p in enumerate(cand.params)]
+        trials.append({"id": cand.id, "params": cand.params, "active_params": active,
+                       "prefix_depth": cand.prefix_depth,
                        "objective": summary["objective"], "metrics": summary["metrics"],
                        "stages": summary["stages"], "adapted": summary["adapted"], "tuner_costs": costs, "tuner_cached": cached,
                        "spent": t.spent})
@@ -154,6 +156,11 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
             "trials": trials, "best": best, "stage_names": list(space.stage_names)}
 
 
+def shown_params(trial: dict[str, Any]) -> list[dict[str, Any]]:
+    """A trial's params as the pipeline got them (inactive conditional params left out)."""
+    return trial.get("active_params", trial["params"])
+
+
 def _percent(spent: float, budget: float) -> float:
     return round(min(100.0, 100.0 * spent / budget), 1)
 
@@ -162,7 +169,7 @@ def _publish_trials(trials: list[dict[str, Any]], space: SearchSpace) -> None:
     rows = []
     for x in trials:
         row: dict[str, Any] = {"trial": x["id"]}
-        for name, params in zip(space.stage_names, x["params"], strict=True):
+        for name, params in zip(space.stage_names, shown_params(x), strict=True):
             row.update({f"{name}.{k}": v for k, v in params.items()})
         row.update(objective=x["objective"], cached_stages=sum(s["status"] == "cached"
                                                                for s in x["stages"]),

@@ -115,29 +115,19 @@ class AdamHD(Optimizer):
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-        # Hypergradient from the previous direction u_{t-1} (state before update).
+        # Hypergradient from the previous direction u_{t-1}, kept from the last step.
         prev_step = self.state[params[0]]["step"]
+        grads = [p.grad for p in params]
         h = 0.0
         if prev_step > 0:
-            h_acc = torch.zeros((), dtype=torch.float64, device=params[0].device)
-            g2 = torch.zeros_like(h_acc)
-            u2 = torch.zeros_like(h_acc)
-            bc1 = 1.0 - beta1**prev_step
-            bc2 = 1.0 - beta2**prev_step
-            for p in params:
-                st = self.state[p]
-                u = (st["exp_avg"] / bc1) / ((st["exp_avg_sq"] / bc2).sqrt() + eps)
-                g = p.grad
-                h_acc += torch.sum(g.double() * u.double())
-                if group["rule"] == "multiplicative":
-                    g2 += torch.sum(g.double() ** 2)
-                    u2 += torch.sum(u.double() ** 2)
+            us = [self.state[p]["prev_dir"] for p in params]
+            h = float(_flat_sum(torch._foreach_mul(grads, us)))
             if group["rule"] == "additive":
-                h = float(h_acc)
                 alpha = group["lr"] + group["hypergrad_lr"] * h
             else:
-                h = float(h_acc)
-                denom = math.sqrt(float(g2) * float(u2))
+                g2 = float(_flat_sum(torch._foreach_mul(grads, grads)))
+                u2 = float(_flat_sum(torch._foreach_mul(us, us)))
+                denom = math.sqrt(g2 * u2)
                 cos = h / denom if denom > 0 and math.isfinite(denom) else 0.0
                 alpha = group["lr"] * math.exp(group["hypergrad_lr"] * cos)
             if math.isfinite(alpha):
@@ -147,19 +137,32 @@ class AdamHD(Optimizer):
                 group["lr"] = alpha
         group["last_hypergrad"] = h
 
-        # Ordinary AdamW step with the adapted alpha.
+        # Ordinary AdamW step with the adapted alpha (foreach: one kernel per op).
         step_lr = group["lr"] * group["lr_scale"]
         wd = group["weight_decay"]
+        t = prev_step + 1
+        ms, vs = [], []
         for p in params:
             st = self.state[p]
-            st["step"] += 1
-            t = st["step"]
-            g = p.grad
-            st["exp_avg"].mul_(beta1).add_(g, alpha=1.0 - beta1)
-            st["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            bc1 = 1.0 - beta1**t
-            bc2 = 1.0 - beta2**t
-            if wd != 0.0:
-                p.mul_(1.0 - step_lr * wd)
-            denom = (st["exp_avg_sq"] / bc2).sqrt_().add_(eps)
-            p.addcdiv_(st["exp_avg"], denom, value=-step_lr / bc1)
+            st["step"] = t
+            ms.append(st["exp_avg"])
+            vs.append(st["exp_avg_sq"])
+        torch._foreach_mul_(ms, beta1)
+        torch._foreach_add_(ms, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+        denom = torch._foreach_div(vs, 1.0 - beta2**t)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, eps)
+        u = torch._foreach_div(ms, denom)  # u_t = m_hat / (sqrt(v_hat) + eps)
+        torch._foreach_div_(u, 1.0 - beta1**t)
+        if wd != 0.0:
+            torch._foreach_mul_(params, 1.0 - step_lr * wd)
+        torch._foreach_add_(params, u, alpha=-step_lr)
+        for p, d in zip(params, u, strict=True):
+            self.state[p]["prev_dir"] = d
+
+
+def _flat_sum(parts: list[Tensor]) -> Tensor:
+    """Sum of all elements of all tensors, accumulated in float64."""
+    return torch.cat([x.reshape(-1) for x in parts]).double().sum()
