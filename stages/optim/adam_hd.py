@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .moments import update_adam_moments_
+
 __all__ = ["AdamHD", "HypergradRule"]
 
 HypergradRule = Literal["additive", "multiplicative"]
@@ -147,13 +149,7 @@ class AdamHD(Optimizer):
             st["step"] = t
             ms.append(st["exp_avg"])
             vs.append(st["exp_avg_sq"])
-        torch._foreach_mul_(ms, beta1)
-        torch._foreach_add_(ms, grads, alpha=1.0 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
-        denom = torch._foreach_div(vs, 1.0 - beta2**t)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, eps)
+        denom = update_adam_moments_(ms, vs, grads, (beta1, beta2), eps, t)
         u = torch._foreach_div(ms, denom)  # u_t = m_hat / (sqrt(v_hat) + eps)
         torch._foreach_div_(u, 1.0 - beta1**t)
         if wd != 0.0:

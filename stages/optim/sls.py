@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .errors import NonFiniteLossError
+from .moments import update_adam_moments_
 
 __all__ = ["AdamSLS", "PLASLS", "SearchRecord", "deterministic_closure"]
 
@@ -231,14 +232,9 @@ class AdamSLS(Optimizer):
                 self._denoms.append([])
                 continue
             grads = [p.grad for p in ps]
-            torch._foreach_mul_(ms, beta1)
-            torch._foreach_add_(ms, grads, alpha=1.0 - beta1)
-            torch._foreach_mul_(vs, beta2)
-            torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
-            denom = torch._foreach_div(vs, 1.0 - beta2**t)
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, group["eps"])
-            self._denoms.append(denom)
+            self._denoms.append(
+                update_adam_moments_(ms, vs, grads, (beta1, beta2), group["eps"], t)
+            )
 
     def _line_search(
         self,
