@@ -188,7 +188,7 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
         fail("--budget must be positive")
     try:
         cfg, st, _ = _prepare(config, set_, store)
-        from flows.tune import StudyError, new_study_name, study_doc_name
+        from flows.study import StudyError, new_study_name, study_doc_name
 
         name = resume or study or new_study_name(cfg, tuner)
         study_doc_name(name)

@@ -13,8 +13,6 @@ reuses whatever stages it had already committed.
 
 from __future__ import annotations
 
-import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,25 +27,9 @@ from prefect.artifacts import (
 from cache.store import ArtifactStore
 from flows.config import PipelineConfig, apply_params, load_config
 from flows.pipeline import pipeline_flow
+from flows.study import StudyError, study_doc_name
 from stages.pipeline import STAGE_NAMES
 from tuners import CacheView, Candidate, SearchSpace, make_tuner
-
-STUDY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,80}$")
-
-
-class StudyError(ValueError):
-    """A study that cannot be started or resumed (the message names it)."""
-
-
-def study_doc_name(study: str) -> str:
-    if not STUDY_NAME.match(study):
-        raise StudyError(f"study name {study!r}: use lowercase letters, digits, '-' and '_'")
-    return f"studies/{study}/study.json"
-
-
-def new_study_name(cfg: PipelineConfig, tuner: str) -> str:
-    base = re.sub(r"[^a-z0-9_-]+", "-", cfg.name.lower()).strip("-") or "study"
-    return f"{base}-{tuner}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @dataclass(frozen=True)
@@ -134,13 +116,13 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
     while t.spent < t.budget and (max_trials is None or len(trials) < max_trials):
         cand = t.ask(cache_view(store, trials, groups))
         run_cfg = candidate_config(cfg, space, cand)
-        logger.info("trial %d: %s (reusing %d cached stages by choice)", cand.id, cand.params,
+        active = [space.active_params(k, p) for k, p in enumerate(cand.params)]
+        logger.info("trial %d: %s (reusing %d cached stages by choice)", cand.id, active,
                     cand.prefix_depth)
         summary = pipeline_flow(run_cfg.model_dump(mode="json"), store_url, progress=progress,
                                 lock_dir=lock_dir)
         costs, cached = groups.fold(summary["stages"])
         t.tell(cand, summary["objective"], costs, cached)
-        active = [space.active_params(k, p) for k, p in enumerate(cand.params)]
         trials.append({"id": cand.id, "params": cand.params, "active_params": active,
                        "prefix_depth": cand.prefix_depth,
                        "objective": summary["objective"], "metrics": summary["metrics"],

@@ -164,6 +164,18 @@ def test_cli_starts_one_local_prefect_server_and_reuses_it(tiny, cli_env, tmp_pa
         second = _run_json(cfg, store_url, env)
         assert [s["status"] for s in second["stages"]] == ["cached"] * 4
         assert pid_file.read_text() == pid  # the same server, not a new one
+        tune = subprocess.run([MEMOTUNE, "tune", cfg, "--store", store_url, "--max-trials", "1",
+                               "--warmup", "1", "--study", "on-server",
+                               "--plot", str(tmp_path / "p.png")],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert tune.returncode == 0, tune.stderr[-3000:]
+        assert pid_file.read_text() == pid
+        # tune too runs on the local server, not on a temporary one of its own
+        assert "temporary server" not in tune.stdout + tune.stderr
+        import httpx
+
+        flows = httpx.post(f"http://127.0.0.1:{port}/api/flows/filter", json={}).json()
+        assert {"memotune-pipeline", "memotune-tune"} <= {f["name"] for f in flows}
     finally:
         stop = subprocess.run([MEMOTUNE, "server", "stop"], env=env, capture_output=True, text=True)
     assert "stopped" in stop.stdout
