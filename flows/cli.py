@@ -178,6 +178,8 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
          resume: Annotated[str | None, typer.Option(help="Resume this study from the store.")] = None,
          max_trials: Annotated[int | None, typer.Option(help="Stop after this many trials in total.")] = None,
          plot: Annotated[Path | None, typer.Option(help="PNG of best objective vs budget (default: ./<study>.png).")] = None,
+         deployment: Annotated[str | None, typer.Option(help="Run trials as flow runs of this pipeline deployment (e.g. memotune-pipeline/offline-default) on its work pool's workers.")] = None,
+         parallel: Annotated[int, typer.Option(help="Trials in flight at once (needs --deployment).")] = 1,
          as_json: JsonOpt = False) -> None:
     """Tune the pipeline's `search:` space, reusing cached prefixes (a Prefect flow)."""
     from tuners import available_tuners
@@ -186,6 +188,13 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
         fail(f"--tuner: unknown tuner {tuner!r} (choose from {', '.join(available_tuners())})")
     if budget <= 0:
         fail("--budget must be positive")
+    if parallel < 1:
+        fail("--parallel must be >= 1")
+    if parallel > 1 and deployment is None:
+        fail("--parallel needs --deployment: parallel trials run as flow runs on a work pool "
+             "(see deployments/prefect.yaml)")
+    if deployment is not None and deployment.count("/") != 1:
+        fail(f"--deployment: expected 'flow-name/deployment-name', got {deployment!r}")
     try:
         cfg, st, _ = _prepare(config, set_, store)
         from flows.study import StudyError, new_study_name, study_doc_name
@@ -199,14 +208,17 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
     except (*_user_errors(), ValueError) as e:
         fail(str(e))
     _connect_prefect()
-    from flows.tune import plot_progress, shown_params, tune_flow
+    from flows.tune import check_deployment, plot_progress, shown_params, tune_flow
 
     if as_json:
         _quiet_prefect()
     try:
+        if deployment is not None:
+            check_deployment(deployment)
         result = tune_flow(st.url, name, config=cfg.model_dump(mode="json"), tuner=tuner,
                            budget=budget, warmup=warmup, seed=seed, resume=resume is not None,
-                           progress=not as_json, max_trials=max_trials)
+                           progress=not as_json, max_trials=max_trials,
+                           deployment=deployment, parallel=parallel)
     except StudyError as e:
         fail(str(e))
     png = plot_progress(result, plot or Path(f"{name}.png"))

@@ -115,8 +115,12 @@ def _run_once(cfg: PipelineConfig, store: ArtifactStore, device: str, progress: 
 
 @flow(name="memotune-pipeline", log_prints=True)
 def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
-                  lock_dir: str | None = None) -> dict[str, Any]:
-    """Run the four stages in order, reusing every cached prefix."""
+                  lock_dir: str | None = None, summary_doc: str | None = None) -> dict[str, Any]:
+    """Run the four stages in order, reusing every cached prefix.
+
+    `summary_doc`: also write the returned summary to this store path (how a
+    tune flow reads the result of a run that a work-pool worker executed).
+    """
     logger = get_run_logger()
     cfg = load_config(doc=config)
     store = ArtifactStore(store_url)
@@ -144,6 +148,8 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
     summary["adapted"] = {r["name"]: {k: v for k, v in r["output"]["meta"].items()
                                       if isinstance(v, int | float | str)}
                           for r in rows if r["name"].endswith("finetune")}
+    if summary_doc is not None:
+        store.put_json(summary_doc, summary)
     return summary
 
 

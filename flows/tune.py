@@ -9,10 +9,20 @@ After every tell the study (tuner state, every trial) is written to the store
 as one JSON document, so a study killed at any point resumes with each
 observation exactly once: a run in flight when it died is asked again and
 reuses whatever stages it had already committed.
+
+Scale-out: with `deployment` (a pipeline deployment on a work pool, e.g.
+`memotune-pipeline/offline-default`) each trial is a flow run that a worker
+picks up, and up to `parallel` of them are in flight at once; the tuner
+proposes distinct candidates for the pending ones (fantasies), and each run
+writes its summary to the store, where this flow reads it. Candidates still
+pending in a saved study (in flight when it stopped) are dispatched again
+first on resume.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,13 +89,21 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
               tuner: str = "eeipu", budget: float = 900.0, warmup: int = 5, seed: int = 0,
               resume: bool = False, progress: bool = True,
               lock_dir: str | None = None, extend: bool = False,
-              max_trials: int | None = None) -> dict[str, Any]:
+              max_trials: int | None = None, deployment: str | None = None,
+              parallel: int = 1) -> dict[str, Any]:
     """Run (or resume) a study until `budget` seconds of stage time are spent.
 
     `extend` (for scheduled deployments): resume the study if it exists, else
     start it, and give it `budget` more seconds than it had. `max_trials`
-    stops a study earlier, after that many trials in total.
+    stops a study earlier, after that many trials in total. `deployment`
+    runs each trial as a flow run of that pipeline deployment (picked up by
+    the work pool's workers), `parallel` of them at a time.
     """
+    if parallel < 1:
+        raise StudyError(f"parallel must be >= 1, got {parallel}")
+    if parallel > 1 and deployment is None:
+        raise StudyError("parallel > 1 needs a deployment: trials run in parallel as flow "
+                         "runs on a work pool (see deployments/prefect.yaml)")
     logger = get_run_logger()
     store = ArtifactStore(store_url)
     doc_name = study_doc_name(study)
@@ -113,29 +131,109 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
 
     progress_id = create_progress_artifact(progress=_percent(t.spent, t.budget),
                                            description=f"study {study}: budget spent")
-    while t.spent < t.budget and (max_trials is None or len(trials) < max_trials):
-        cand = t.ask(cache_view(store, trials, groups))
-        run_cfg = candidate_config(cfg, space, cand)
-        active = [space.active_params(k, p) for k, p in enumerate(cand.params)]
-        logger.info("trial %d: %s (reusing %d cached stages by choice)", cand.id, active,
-                    cand.prefix_depth)
-        summary = pipeline_flow(run_cfg.model_dump(mode="json"), store_url, progress=progress,
-                                lock_dir=lock_dir)
-        costs, cached = groups.fold(summary["stages"])
-        t.tell(cand, summary["objective"], costs, cached)
-        trials.append({"id": cand.id, "params": cand.params, "active_params": active,
-                       "prefix_depth": cand.prefix_depth,
-                       "objective": summary["objective"], "metrics": summary["metrics"],
-                       "stages": summary["stages"], "adapted": summary["adapted"], "tuner_costs": costs, "tuner_cached": cached,
-                       "spent": t.spent})
-        doc["tuner_state"] = t.state_dict()
-        store.put_json(doc_name, doc)  # one put: the study is whole or not written
-        update_progress_artifact(progress_id, progress=_percent(t.spent, t.budget))
+    run = _runner(deployment, store_url, study, progress, lock_dir)
+    resubmit = sorted(t.pending.values(), key=lambda c: c.id)  # in flight when it stopped
+    inflight: dict[Future[dict[str, Any]], Candidate] = {}
+
+    def room() -> bool:
+        n = len(trials) + len(inflight)
+        return (len(inflight) < parallel and t.spent < t.budget
+                and (max_trials is None or n < max_trials))
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        submit = pool.submit if deployment is not None else _run_here
+        while True:
+            while room():
+                cand = resubmit.pop(0) if resubmit else t.ask(cache_view(store, trials, groups))
+                run_cfg = candidate_config(cfg, space, cand)
+                active = [space.active_params(k, p) for k, p in enumerate(cand.params)]
+                logger.info("trial %d: %s (reusing %d cached stages by choice)", cand.id,
+                            active, cand.prefix_depth)
+                inflight[submit(run, cand, run_cfg.model_dump(mode="json"))] = cand
+            if not inflight:
+                break
+            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: inflight[f].id):
+                cand = inflight.pop(fut)
+                summary = fut.result()
+                costs, cached = groups.fold(summary["stages"])
+                t.tell(cand, summary["objective"], costs, cached)
+                trials.append({
+                    "id": cand.id, "params": cand.params,
+                    "active_params": [space.active_params(k, p)
+                                      for k, p in enumerate(cand.params)],
+                    "prefix_depth": cand.prefix_depth, "objective": summary["objective"],
+                    "metrics": summary["metrics"], "stages": summary["stages"],
+                    "adapted": summary["adapted"], "tuner_costs": costs,
+                    "tuner_cached": cached, "spent": t.spent,
+                    "flow_run": summary.get("flow_run")})
+                doc["tuner_state"] = t.state_dict()
+                store.put_json(doc_name, doc)  # one put: the study is whole or not written
+                update_progress_artifact(progress_id, progress=_percent(t.spent, t.budget))
     _publish_trials(trials, space)
     best = max((x for x in trials if x["objective"] is not None), key=lambda x: x["objective"],
                default=None)
     return {"study": study, "tuner": doc["tuner"], "budget": t.budget, "spent": t.spent,
             "trials": trials, "best": best, "stage_names": list(space.stage_names)}
+
+
+RunTrial = Callable[[Candidate, dict[str, Any]], dict[str, Any]]
+
+
+def _runner(deployment: str | None, store_url: str, study: str, progress: bool,
+            lock_dir: str | None) -> RunTrial:
+    """How one trial runs: a pipeline subflow here, or a flow run of `deployment`."""
+    if deployment is None:
+        def here(cand: Candidate, config: dict[str, Any]) -> dict[str, Any]:
+            return pipeline_flow(config, store_url, progress=progress, lock_dir=lock_dir)
+
+        return here
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+
+    check_deployment(deployment)
+    store = ArtifactStore(store_url)
+
+    def on_pool(cand: Candidate, config: dict[str, Any]) -> dict[str, Any]:
+        doc = f"studies/{study}/runs/{cand.id}.json"
+        fr = run_deployment(deployment, parameters={"config": config, "store_url": store_url,
+                                                    "progress": False, "summary_doc": doc},
+                            timeout=None, poll_interval=2)
+        state = fr.state
+        if state is None or state.type != StateType.COMPLETED:
+            raise RuntimeError(f"trial {cand.id}: flow run {fr.name!r} of {deployment!r} ended "
+                               f"{state.name if state else 'without a state'}; the study is "
+                               f"saved, resume it to run this candidate again")
+        summary = store.get_json(doc)
+        if summary is None:
+            raise RuntimeError(f"trial {cand.id}: flow run {fr.name!r} wrote no summary to {doc}")
+        return {**summary, "flow_run": fr.name}
+
+    return on_pool
+
+
+def check_deployment(name: str) -> None:
+    """Raise StudyError unless the Prefect API has deployment `name` (flow/deployment)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise StudyError(f"deployment {name!r} not found on the Prefect API; create it "
+                             "with `prefect deploy --prefect-file deployments/prefect.yaml`") from None
+
+
+def _run_here(fn: RunTrial, *args: Any) -> Future[dict[str, Any]]:
+    """Run now, in this thread (a subflow of the tune flow), as a finished future."""
+    fut: Future[dict[str, Any]] = Future()
+    try:
+        fut.set_result(fn(*args))
+    except BaseException as e:  # re-raised by fut.result() in the loop
+        fut.set_exception(e)
+    return fut
 
 
 def shown_params(trial: dict[str, Any]) -> list[dict[str, Any]]:

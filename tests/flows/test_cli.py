@@ -179,3 +179,27 @@ def test_cli_starts_one_local_prefect_server_and_reuses_it(tiny, cli_env, tmp_pa
     finally:
         stop = subprocess.run([MEMOTUNE, "server", "stop"], env=env, capture_output=True, text=True)
     assert "stopped" in stop.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--parallel", "2"], "--parallel needs --deployment"),
+    (["--parallel", "0"], "--parallel must be >= 1"),
+    (["--deployment", "offline-default"], "--deployment"),
+])
+def test_tune_dispatch_options_are_checked_before_anything_runs(tmp_path, args, needle):
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["tune", *args, "--store", str(store)])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
+    assert not store.exists()
+
+
+def test_tune_names_a_missing_deployment(tiny, cli_env, tmp_path):
+    cfg = _write(tmp_path, tiny)
+    store = tmp_path / "store"
+    done = subprocess.run([MEMOTUNE, "tune", cfg, "--store", str(store), "--max-trials", "1",
+                           "--deployment", "memotune-pipeline/nope", "--json"],
+                          env=cli_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "memotune-pipeline/nope" in done.stderr and "Traceback" not in done.stderr
+    assert not (store / "studies").exists()

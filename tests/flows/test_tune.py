@@ -115,3 +115,23 @@ def test_default_search_tunes_adam_hd_rate_only_when_the_mode_is_hypergradient()
     assert "hypergrad_lr" not in adamw_a.target_finetune.optimizer
     assert stage_keys(adamw_a) == stage_keys(adamw_b)
     assert stage_keys(config("hypergradient", 1e-5)) != stage_keys(config("hypergradient", 3e-6))
+
+
+def test_resume_runs_the_candidates_that_were_in_flight_first(prefect_api, tiny, store_url, tmp_path):
+    from tuners import make_tuner
+
+    tiny["search"] = SEARCH
+    cfg = load_config(doc=tiny)
+    space = SearchSpace.from_config(cfg.search, STAGE_NAMES)
+    t = make_tuner("random", space, budget=1e6, seed=0, warmup=2)
+    in_flight = t.ask()  # asked, dispatched, never told: the study stopped meanwhile
+    doc = {"study": "r1", "config": cfg.model_dump(mode="json"), "tuner": "random",
+           "budget": 1e6, "warmup": 2, "seed": 0, "trials": [], "tuner_state": t.state_dict()}
+    ArtifactStore(store_url).put_json("studies/r1/study.json", doc)
+    result = tune_flow(store_url, "r1", resume=True, progress=False, max_trials=2,
+                       lock_dir=str(tmp_path / "locks"))
+    trials = result["trials"]
+    assert [x["id"] for x in trials] == [in_flight.id, in_flight.id + 1]
+    assert trials[0]["params"] == in_flight.params
+    saved = ArtifactStore(store_url).get_json("studies/r1/study.json")
+    assert saved["tuner_state"]["pending"] == []
