@@ -375,6 +375,16 @@ class SearchSpace:
                         f"stage {self.stage_names[k]!r}: {name!r} depends on {parent!r}, "
                         "which is itself conditional (one level only)"
                     )
+        # decode-time lookups (project() canonicalizes every candidate row)
+        self._canonical = tuple(
+            {n: canonical_value(p) for p in stage if (n := p.name) in self.conditions[k]}
+            for k, stage in enumerate(self.stages)
+        )
+        self._active_keys = tuple(
+            {n: (parent, frozenset(json.dumps(v) for v in values))
+             for n, (parent, values) in cond.items()}
+            for cond in self.conditions
+        )
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -486,17 +496,17 @@ class SearchSpace:
 
     def is_active(self, k: int, name: str, params: Mapping[str, Any]) -> bool:
         """Whether stage ``k``'s param ``name`` applies given the stage's other values."""
-        cond = self.conditions[k].get(name)
+        cond = self._active_keys[k].get(name)
         if cond is None:
             return True
-        parent, values = cond
-        return any(json.dumps(params[parent]) == json.dumps(v) for v in values)
+        parent, keys = cond
+        return json.dumps(params[parent]) in keys
 
     def canonicalize(self, k: int, params: Mapping[str, Any]) -> dict[str, Any]:
         """Stage ``k``'s params with every inactive param set to its canonical value."""
-        by_name = {p.name: p for p in self.stages[k]}
+        fixed = self._canonical[k]
         return {
-            n: v if self.is_active(k, n, params) else canonical_value(by_name[n])
+            n: v if n not in fixed or self.is_active(k, n, params) else fixed[n]
             for n, v in params.items()
         }
 
