@@ -133,7 +133,7 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
                                            description=f"study {study}: budget spent")
     run = _runner(deployment, store_url, study, progress, lock_dir)
     resubmit = sorted(t.pending.values(), key=lambda c: c.id)  # in flight when it stopped
-    inflight: dict[Future[dict[str, Any]], Candidate] = {}
+    inflight: dict[Future[dict[str, Any]], tuple[Candidate, list[dict[str, Any]]]] = {}
 
     def room() -> bool:
         n = len(trials) + len(inflight)
@@ -149,19 +149,17 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
                 active = [space.active_params(k, p) for k, p in enumerate(cand.params)]
                 logger.info("trial %d: %s (reusing %d cached stages by choice)", cand.id,
                             active, cand.prefix_depth)
-                inflight[submit(run, cand, run_cfg.model_dump(mode="json"))] = cand
+                inflight[submit(run, cand, run_cfg.model_dump(mode="json"))] = (cand, active)
             if not inflight:
                 break
             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: inflight[f].id):
-                cand = inflight.pop(fut)
+            for fut in sorted(done, key=lambda f: inflight[f][0].id):
+                cand, active = inflight.pop(fut)
                 summary = fut.result()
                 costs, cached = groups.fold(summary["stages"])
                 t.tell(cand, summary["objective"], costs, cached)
                 trials.append({
-                    "id": cand.id, "params": cand.params,
-                    "active_params": [space.active_params(k, p)
-                                      for k, p in enumerate(cand.params)],
+                    "id": cand.id, "params": cand.params, "active_params": active,
                     "prefix_depth": cand.prefix_depth, "objective": summary["objective"],
                     "metrics": summary["metrics"], "stages": summary["stages"],
                     "adapted": summary["adapted"], "tuner_costs": costs,

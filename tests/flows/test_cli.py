@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -172,8 +173,6 @@ def test_cli_starts_one_local_prefect_server_and_reuses_it(tiny, cli_env, tmp_pa
         assert pid_file.read_text() == pid
         # tune too runs on the local server, not on a temporary one of its own
         assert "temporary server" not in tune.stdout + tune.stderr
-        import httpx
-
         flows = httpx.post(f"http://127.0.0.1:{port}/api/flows/filter", json={}).json()
         assert {"memotune-pipeline", "memotune-tune"} <= {f["name"] for f in flows}
     finally:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
+from prefect.client.orchestration import get_client
 from prefect.flows import load_flow_from_entrypoint
+
+from cache.store import ArtifactStore
+from flows.config import load_config
+from flows.tune import tune_flow
 
 ROOT = Path(__file__).parents[2]
 
@@ -25,17 +35,6 @@ def test_every_deployment_entrypoint_loads_and_accepts_its_parameters(monkeypatc
 def test_tune_runs_parallel_trials_on_a_work_pool_worker(prefect_api, tiny, tmp_path):
     """The shipped prefect.yaml deployed for real, one process worker, a tune study
     that keeps two trials in flight as flow runs of that deployment."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from prefect.client.orchestration import get_client
-
-    from cache.store import ArtifactStore
-    from flows.config import load_config
-    from flows.tune import tune_flow
-
     prefect = [sys.executable, "-m", "prefect"]
     store_url = str(tmp_path / "store")
     env = dict(os.environ, PREFECT_API_URL=prefect_api, MEMOTUNE_HOME=str(ROOT),
@@ -63,7 +62,7 @@ def test_tune_runs_parallel_trials_on_a_work_pool_worker(prefect_api, tiny, tmp_
         worker.wait(timeout=60)
     trials = result["trials"]
     assert sorted(t["id"] for t in trials) == [0, 1, 2]
-    assert len({json_key(t["params"]) for t in trials}) == 3  # distinct while pending
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 3  # distinct
     assert all(t["objective"] is not None and t["flow_run"] for t in trials)
     doc = ArtifactStore(store_url).get_json("studies/pool/study.json")
     assert len(doc["trials"]) == 3 and doc["tuner_state"]["pending"] == []
@@ -74,9 +73,3 @@ def test_tune_runs_parallel_trials_on_a_work_pool_worker(prefect_api, tiny, tmp_
     assert len(runs) == 3 and all(r.state.is_completed() for r in runs)
     first, second = sorted(runs, key=lambda r: r.start_time)[:2]
     assert second.start_time < first.end_time  # two trials really ran at the same time
-
-
-def json_key(params) -> str:
-    import json
-
-    return json.dumps(params, sort_keys=True)
