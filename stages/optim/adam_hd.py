@@ -34,8 +34,9 @@ class AdamHD(Optimizer):
 
     Per group and step ``t`` (before the Adam update):
 
-    - ``u_{t-1} = m_hat_{t-1} / (sqrt(v_hat_{t-1}) + eps)`` is recomputed exactly
-      from the stored moments (no extra buffer), and
+    - ``u_{t-1} = m_hat_{t-1} / (sqrt(v_hat_{t-1}) + eps)`` is the last step's
+      Adam direction, kept in ``state["prev_dir"]`` (one buffer per parameter,
+      cheaper than recomputing it from the moments), and
       ``h_t = sum over the group's tensors of g_t . u_{t-1}``.
     - additive rule: ``alpha_t = alpha_{t-1} + beta * h_t`` (Baydin's rule).
     - multiplicative rule: ``alpha_t = alpha_{t-1} * exp(beta * h_t / (|g_t| |u_{t-1}|))``,
