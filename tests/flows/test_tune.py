@@ -15,9 +15,10 @@ import yaml
 
 from cache.store import ArtifactStore
 from flows.config import load_config
-from flows.tune import StageGroups, plot_progress, tune_flow
+from flows.plan import stage_keys
+from flows.tune import StageGroups, candidate_config, plot_progress, tune_flow
 from stages.pipeline import STAGE_NAMES
-from tuners import SearchSpace
+from tuners import Candidate, SearchSpace, make_tuner
 
 MEMOTUNE = str(Path(sys.executable).parent / "memotune")
 SEARCH = {
@@ -95,10 +96,6 @@ def test_killed_study_resumes_with_every_observation_once(tiny, cli_env, tmp_pat
 
 
 def test_default_search_tunes_adam_hd_rate_only_when_the_mode_is_hypergradient():
-    from flows.plan import stage_keys
-    from flows.tune import candidate_config
-    from tuners import Candidate
-
     cfg = load_config(None)
     space = SearchSpace.from_config(cfg.search, STAGE_NAMES)
     inter = {"enabled": True, "epochs": 4, "optimizer.lr": 1e-3}
@@ -118,8 +115,6 @@ def test_default_search_tunes_adam_hd_rate_only_when_the_mode_is_hypergradient()
 
 
 def test_resume_runs_the_candidates_that_were_in_flight_first(prefect_api, tiny, store_url, tmp_path):
-    from tuners import make_tuner
-
     tiny["search"] = SEARCH
     cfg = load_config(doc=tiny)
     space = SearchSpace.from_config(cfg.search, STAGE_NAMES)
