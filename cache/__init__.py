@@ -11,6 +11,7 @@ from cache.keys import (
     source_hash,
     stage_key,
 )
+from cache.errors import CorruptEntryError, EntryNotFoundError, StoreError
 from cache.store import (
     ArtifactStore,
     CorruptEntryError,

@@ -2,28 +2,98 @@
 
 Prefect's own input hashing is slow on big inputs and its default policy
 includes the run id, so stage tasks take the precomputed content key as an
-input and this policy returns it unchanged. The result record (JSON) is stored
-at <store>/prefect/<key>, beside the entry, by a result storage built here.
+input and this policy returns it unchanged.
+
+Prefect keeps a result record per key and, on a hit, loads it with whatever
+serializer the record's own metadata names (pickle included). `StoreRecords`
+is the result storage that stands between the two: it writes records beside
+their entries (``prefect/<key>``, only after the entry's manifest) and, on
+read, answers only for a sound entry with a sound JSON record, and then with a
+record it builds itself from the entry's manifest, always JSON. A missing or
+damaged record or manifest reads as "no record": Prefect sees a miss and the
+stage is served from its manifest or recomputed, and the record rewritten.
+Failure records (Prefect names them by a uuid, not a content key) are not
+written to the store at all.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
-from prefect.filesystems import RemoteFileSystem, WritableFileSystem
-from prefect.locking.filesystem import FileSystemLockManager
+from prefect.filesystems import WritableFileSystem
+from prefect.serializers import JSONSerializer
 from prefect.transactions import IsolationLevel
+from pydantic import PrivateAttr
 
-from cache.keys import check_key
-from cache.store import ArtifactStore
+from cache.errors import CorruptEntryError
+from cache.keys import check_key, is_key
+from cache.locks import FileLockManager
+from cache.records import DamagedRecordError, check_record
+from cache.store import ArtifactStore, Manifest
+
+__all__ = [
+    "StageKeyPolicy", "StoreRecords", "result_storage", "stage_output", "stage_policy",
+]
+
+
+def stage_output(store: ArtifactStore, manifest: Manifest) -> dict[str, Any]:
+    """The StageOutput of a committed entry: what a stage task returns, hit or miss."""
+    return {"stage": manifest.stage, "key": manifest.key, "uri": store.entry_uri(manifest.key),
+            "metrics": manifest.meta.get("metrics", {}), "meta": manifest.meta.get("meta", {}),
+            "compute_s": manifest.compute_s}
+
+
+class StoreRecords(WritableFileSystem):
+    """Prefect result storage on the store's prefect/ folder, served from manifests."""
+
+    _block_type_name = "memotune store records"
+    store_url: str  # credentials come from the environment, never from a saved block
+    _store: ArtifactStore | None = PrivateAttr(default=None)
+
+    @property
+    def store(self) -> ArtifactStore:
+        if self._store is None:
+            self._store = ArtifactStore(self.store_url)
+        return self._store
+
+    def record_for(self, key: str) -> bytes:
+        """A fresh JSON record of key's StageOutput; FileNotFoundError unless all is sound."""
+        if not is_key(key):
+            raise FileNotFoundError(f"no result record {key!r} (only content keys have one)")
+        data = self.store.read_record(key)
+        if data is None:
+            raise FileNotFoundError(f"no result record for {key}")
+        try:
+            check_record(data, key)
+            manifest = self.store.manifest(key)
+        except (DamagedRecordError, CorruptEntryError) as e:
+            raise FileNotFoundError(f"{e}; treated as a miss") from None
+        if manifest is None:
+            raise FileNotFoundError(f"result record {key} has no entry; treated as a miss")
+        record = ResultRecord(metadata=ResultRecordMetadata(storage_key=key,
+                                                            serializer=JSONSerializer()),
+                              result=stage_output(self.store, manifest))
+        return record.serialize()
+
+    def read_path(self, path: str, **_: Any) -> bytes:
+        return self.record_for(path)
+
+    async def aread_path(self, path: str) -> bytes:
+        return self.record_for(path)
+
+    def write_path(self, path: str, content: bytes, **_: Any) -> str:
+        if is_key(path):  # failure records (uuid names) stay out of the store
+            self.store.write_record(path, content)
+        return path
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return self.write_path(path, content)
 
 
 @dataclass
@@ -37,68 +107,25 @@ class StageKeyPolicy(CachePolicy):
         return check_key(inputs[self.key_input])
 
 
-def result_storage(store: ArtifactStore) -> Path | WritableFileSystem:
-    """Where Prefect writes result records: the store's prefect/ folder.
+_saved: dict[str, StoreRecords] = {}
 
-    Prefect takes a local Path as is; a remote folder must be a block saved on
-    the server, named after the store URL's hash (no credentials in the name;
-    pass credentials through the environment, not storage options).
+
+def result_storage(store: ArtifactStore) -> StoreRecords:
+    """Where Prefect reads and writes result records: beside the entries, guarded.
+
+    Prefect accepts only saved blocks as task result storage, so the block is
+    saved once per process and store URL, named after the URL's hash.
     """
-    uri = store.prefect_dir_uri()
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
-    if "://" not in uri:
-        return Path(uri)
-    block = RemoteFileSystem(basepath=uri, settings=dict(store.storage_options or {}))
-    name = "memotune-store-" + hashlib.sha256(uri.encode()).hexdigest()[:16]
-    block.save(name, overwrite=True)
+    block = _saved.get(store.url)
+    if block is None:
+        block = StoreRecords(store_url=store.url)
+        block.save("memotune-store-" + hashlib.sha256(store.url.encode()).hexdigest()[:16],
+                   overwrite=True)
+        _saved[store.url] = block
     return block
 
 
-class ProcessFileLockManager(FileSystemLockManager):
-    """Prefect's file locks, plus: a lock whose process is gone is free.
-
-    Prefect's transactions take locks with no expiry, so a run killed with
-    SIGKILL would block its key forever. Each lock file also records the
-    holder's host and pid; a lock held by a dead pid on this host is stale.
-    """
-
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
-                     hold_timeout: float | None = None) -> bool:
-        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout)
-        if acquired:
-            path = self._lock_path_for_key(key)
-            info = json.loads(path.read_bytes())
-            info.update(host=socket.gethostname(), pid=os.getpid())
-            path.write_text(json.dumps(info))
-        return acquired
-
-    def is_locked(self, key: str, use_cache: bool = False) -> bool:
-        path = self._lock_path_for_key(key)
-        try:
-            info = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            info = {}
-        if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
-            path.unlink(missing_ok=True)
-            self._locks.pop(key, None)
-            return False
-        return super().is_locked(key, use_cache=use_cache)
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
-        return True  # not ours to judge
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stage_policy(lock_dir: Path) -> StageKeyPolicy:
-    """SERIALIZABLE + file locks: concurrent runs of one key on a host compute it once."""
+    """SERIALIZABLE + flock locks: concurrent runs of one key on a host compute it once."""
     return StageKeyPolicy().configure(isolation_level=IsolationLevel.SERIALIZABLE,
-                                      lock_manager=ProcessFileLockManager(lock_files_directory=lock_dir))
+                                      lock_manager=FileLockManager(lock_dir))

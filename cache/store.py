@@ -41,7 +41,10 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from cache.errors import CorruptEntryError, EntryNotFoundError, StoreError
 from cache.keys import check_key, is_key, redact
+from cache.leases import LEASES, live_keys
+from cache.records import DamagedRecordError, check_record
 
 __all__ = [
     "ArtifactStore",
@@ -54,14 +57,25 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+GARBAGE = "no manifest (uncommitted garbage)"
+ORPHAN_RECORD = "prefect record without a manifest (orphan)"
 MANIFEST_FORMAT = 1
 _CHUNK = 8 * 2**20
 _DOC_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_\-./]*")
-_RESERVED_TOP = {"objects", "prefect"}
+_RESERVED_TOP = {"objects", "prefect"}  # entries and their records: keys only
 _SECRET_OPTION_RE = re.compile(r"(?i)secret|password|token|key")
 # Probe settings for open(): an unreachable S3 endpoint must fail in seconds,
 # not after botocore's default 60 s connect timeout and 5 retries.
 _PROBE_CONFIG = {"connect_timeout": 3, "read_timeout": 5}
+# Every other S3 call: an outage (server paused or gone) must end an operation
+# within S3_BOUND_S, not hang on botocore's and s3fs's default retry loops.
+# Worst case: S3_ATTEMPTS x (connect or read timeout) plus s3fs's short backoff.
+S3_CONFIG = {"connect_timeout": 5, "read_timeout": 20, "retries": {"total_max_attempts": 1}}
+S3_ATTEMPTS = 3
+S3_BOUND_S = S3_ATTEMPTS * (20 + 5) + 5
+# Object stores and file systems the store is tested on (fsspec has many more
+# protocols, some of which are read-only or archives: refuse those by name).
+SUPPORTED_PROTOCOLS = ("file", "local", "s3", "s3a", "memory")
 
 
 def _io_errors() -> tuple[type[BaseException], ...]:
@@ -76,26 +90,6 @@ def _io_errors() -> tuple[type[BaseException], ...]:
 
 
 _IO_ERRORS = _io_errors()
-
-
-class StoreError(Exception):
-    """A store operation failed; the message names the store URL, never credentials."""
-
-
-class CorruptEntryError(StoreError):
-    """An entry's manifest or one of its files does not match what was committed."""
-
-    def __init__(self, message: str, *, key: str | None = None, file: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.file = file
-
-
-class EntryNotFoundError(StoreError, KeyError):
-    """No committed entry for a key (a StoreError that ``except KeyError`` also catches)."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
 
 
 def _check_file_name(name: object) -> str:
@@ -224,9 +218,40 @@ class GcReport:
 
     removed_garbage: list[str] = field(default_factory=list)
     removed_entries: list[str] = field(default_factory=list)
-    removed_sidecars: list[str] = field(default_factory=list)
+    removed_records: list[str] = field(default_factory=list)
+    kept_leased: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     dry_run: bool = False
+
+
+def _size_of(infos: Mapping[str, Mapping]) -> int:
+    return sum(int(i.get("size") or 0) for i in infos.values() if i.get("type") != "directory")
+
+
+def _expired(entries: list[Manifest], older_than_s: float | None, max_bytes: int | None,
+             leased: set[str]) -> tuple[list[Manifest], list[Manifest]]:
+    """Entries (oldest first) that gc's age and size bounds remove, and the leased ones
+    those bounds would have removed but that stay."""
+    now = time.time()
+    doomed: list[Manifest] = []
+    spared: list[Manifest] = []
+    if older_than_s is not None:
+        for m in entries:
+            if m.created < now - older_than_s:
+                (spared if m.key in leased else doomed).append(m)
+    if max_bytes is not None:
+        kept = [m for m in entries if m not in doomed]
+        total = sum(m.total_bytes for m in kept)
+        for m in kept:  # oldest first
+            if total <= max_bytes:
+                break
+            if m.key in leased:
+                if m not in spared:
+                    spared.append(m)
+                continue
+            doomed.append(m)
+            total -= m.total_bytes
+    return doomed, spared
 
 
 def _mtime(info: Mapping[str, Any]) -> float | None:
@@ -310,8 +335,15 @@ class ArtifactStore:
         options = dict(storage_options or {})
         self._secrets = _secret_values(options)
         shown = redact(url, self._secrets)
+        protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+        if not url.strip() or url.strip() != url:
+            raise StoreError(f"store URL {url!r}: empty or surrounded by spaces")
+        if protocol not in SUPPORTED_PROTOCOLS:
+            raise StoreError(f"store URL {shown}: unsupported protocol {protocol!r} "
+                             f"(use a local path, file://, s3:// or memory://)")
+        if "://" in url and not url.split("://", 1)[1].strip("/"):
+            raise StoreError(f"store URL {shown}: no bucket or directory after {protocol}://")
         try:
-            protocol = url.split("://", 1)[0] if "://" in url else "file"
             cls = fsspec.get_filesystem_class(protocol)
             if issubclass(cls, LocalFileSystem):
                 options.setdefault("auto_mkdir", True)
@@ -319,8 +351,10 @@ class ArtifactStore:
                 # s3fs caches listings; a stale cache would make has() lie after
                 # another process commits or deletes.
                 options.setdefault("use_listings_cache", False)
+                config = {**S3_CONFIG, **dict(options.get("config_kwargs") or {})}
+                options["config_kwargs"] = config
             self.fs, root = url_to_fs(url, **options)
-        except (ImportError, ValueError, TypeError) as e:
+        except (ImportError, ValueError, TypeError, OSError) as e:
             raise StoreError(self._redact(f"cannot open store {shown}: {e}")) from None
         self._options = options
         self.storage_options: dict = dict(storage_options or {})  # as given, for other fsspec users
@@ -329,6 +363,8 @@ class ArtifactStore:
         self._local = isinstance(self.fs, LocalFileSystem)
         protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
         self._s3 = "s3" in protocols
+        if self._s3:
+            self.fs.retries = S3_ATTEMPTS  # s3fs's own loop over timeouts and disconnects
         if not self.root.strip("/"):
             raise StoreError(self._redact(f"cannot open store {shown}: no bucket or directory"))
         base = cache_dir or os.environ.get("MEMOTUNE_FETCH_DIR")
@@ -644,12 +680,34 @@ class ArtifactStore:
         return data
 
     def delete(self, key: str) -> None:
-        """Remove an entry: manifest first (it stops existing at once), then files, sidecar."""
+        """Remove an entry: manifest first (it stops existing at once), then files, record."""
         check_key(key)
         with self._io(f"delete {key}"):
             self._rm(self._manifest_path(key))
             self._rm(self._entry_dir(key), recursive=True)
-            self._rm(self._p("prefect", key))
+            self._rm(self._record_path(key))
+
+    # ------------------------------------------------------------------ result records
+
+    def _record_path(self, key: str) -> str:
+        return self._p("prefect", check_key(key))
+
+    def read_record(self, key: str) -> bytes | None:
+        """The raw result record beside an entry, None if absent (bytes: never deserialized)."""
+        with self._io(f"read record {key}"):
+            try:
+                return self.fs.cat_file(self._record_path(key))
+            except FileNotFoundError:
+                return None
+
+    def write_record(self, key: str, data: bytes) -> None:
+        """Write the result record of a committed entry, whole, in one put."""
+        with self._io(f"write record {key}"):
+            self._put(self._record_path(key), data)
+
+    def delete_record(self, key: str) -> None:
+        with self._io(f"delete record {key}"):
+            self._rm(self._record_path(key))
 
     # ------------------------------------------------------------------ listing (not hot paths)
 
@@ -672,28 +730,71 @@ class ArtifactStore:
                 slot["manifest"] = True
         return out
 
-    def _read_manifests(self, keys: list[str]) -> dict[str, Manifest]:
-        """Committed manifests for keys, fetched concurrently; bad ones skipped."""
+    def _read_manifests(self, keys: list[str]) -> tuple[dict[str, Manifest], dict[str, str]]:
+        """Manifests for keys, fetched concurrently -> (good ones, {key: why corrupt})."""
         if not keys:
-            return {}
+            return {}, {}
         paths = [self._manifest_path(k) for k in keys]
         blobs = self.fs.cat(paths, on_error="return")
-        out = {}
+        good, corrupt = {}, {}
         for k, p in zip(keys, paths, strict=True):
             blob = blobs.get(p)
             if isinstance(blob, bytes):
                 try:
-                    out[k] = Manifest.from_json(blob, key=k)
-                except CorruptEntryError:
-                    pass
-        return out
+                    good[k] = Manifest.from_json(blob, key=k)
+                except CorruptEntryError as e:
+                    corrupt[k] = str(e)
+        return good, corrupt
 
-    def _sidecars(self) -> dict[str, dict]:
+    def _records(self) -> dict[str, dict]:
+        """Every object under prefect/ by name (records, and failure records of old versions)."""
         try:
             infos = self.fs.ls(self._p("prefect"), detail=True)
         except FileNotFoundError:
             return {}
         return {i["name"].rstrip("/").rsplit("/", 1)[-1]: i for i in infos}
+
+    def _record_problems(self, names: list[str]) -> dict[str, str]:
+        """{key: why its record is damaged} for the records of these keys."""
+        if not names:
+            return {}
+        paths = [self._record_path(k) for k in names]
+        blobs = self.fs.cat(paths, on_error="return")
+        out = {}
+        for k, p in zip(names, paths, strict=True):
+            blob = blobs.get(p)
+            if not isinstance(blob, bytes):
+                continue  # deleted meanwhile
+            try:
+                check_record(blob, k)
+            except DamagedRecordError as e:
+                out[k] = str(e)
+        return out
+
+    def list_docs(self, folder: str) -> list[str]:
+        """Names of the JSON docs directly under a doc folder (lists: not for hot paths)."""
+        base = self._p(_check_doc_name(folder).rstrip("/"))
+        with self._io(f"list {folder}"):
+            try:
+                names = self.fs.ls(base, detail=False)
+            except FileNotFoundError:
+                return []
+        out = []
+        for n in names:
+            name = f"{folder.rstrip('/')}/{n.rstrip('/').rsplit('/', 1)[-1]}"
+            if _DOC_NAME_RE.fullmatch(name) and name.endswith(".json"):
+                out.append(name)
+        return sorted(out)
+
+    def leased_keys(self, now: float | None = None) -> set[str]:
+        """Keys that a live run holds a lease on (see cache.leases)."""
+        docs = []
+        for name in self.list_docs(LEASES):
+            try:
+                docs.append(self.get_json(name))
+            except StoreError:
+                continue  # a damaged lease protects nothing
+        return live_keys(docs, now)
 
     def ls(self) -> list[Manifest]:
         """Committed entries, newest first (lists the store: not for hot paths)."""
@@ -703,7 +804,7 @@ class ArtifactStore:
             except FileNotFoundError:
                 return []
             keys = [n.rstrip("/").rsplit("/", 1)[-1] for n in names]
-            manifests = self._read_manifests([k for k in keys if is_key(k)])
+            manifests, _ = self._read_manifests([k for k in keys if is_key(k)])
         return sorted(manifests.values(), key=lambda m: m.created, reverse=True)
 
     def verify(self, key: str) -> list[str]:
@@ -716,7 +817,7 @@ class ArtifactStore:
                 return [f"manifest unreadable: {e}"]
             if m is None:
                 if self.fs.exists(self._entry_dir(key)):
-                    return ["no manifest (uncommitted garbage)"]
+                    return [GARBAGE]
                 return [f"no entry {key}"]
             problems = []
             for rec in m.files:
@@ -735,21 +836,31 @@ class ArtifactStore:
         return problems
 
     def verify_all(self) -> dict[str, list[str]]:
-        """Problems for every key under objects/ (and orphan Prefect records)."""
+        """Problems for every name under objects/ and prefect/ (empty list = a sound entry).
+
+        Only GARBAGE (files of a commit that never finished) is a normal leftover
+        of a killed run; everything else reported here is damage.
+        """
         with self._io("verify_all"):
             scan = self._scan()
-            sidecars = self._sidecars()
+            records = self._records()
+            committed = [k for k in records if is_key(k) and scan.get(k, {}).get("manifest")]
+            damaged_records = self._record_problems(committed)
         report: dict[str, list[str]] = {}
         for key, slot in sorted(scan.items()):
             if not is_key(key):
-                report[key] = ["not a content key (ignored by gc)"]
+                report[key] = ["not a content key under objects/"]
             elif not slot["manifest"]:
-                report[key] = ["no manifest (uncommitted garbage)"]
+                report[key] = [GARBAGE]
             else:
                 report[key] = self.verify(key)
-        for key in sorted(sidecars):
-            if is_key(key) and not scan.get(key, {}).get("manifest"):
-                report.setdefault(key, []).append("prefect record without a manifest (orphan)")
+        for name in sorted(records):
+            if not is_key(name):
+                report.setdefault(name, []).append("not a result record of an entry under prefect/")
+            elif not scan.get(name, {}).get("manifest"):
+                report.setdefault(name, []).append(ORPHAN_RECORD)
+            elif name in damaged_records:
+                report[name].append(damaged_records[name])
         return report
 
     def gc(
@@ -760,71 +871,78 @@ class ArtifactStore:
         grace_s: float = 3600,
         dry_run: bool = False,
     ) -> GcReport:
-        """Remove garbage and, optionally, old entries.
+        """Remove garbage and damage, then, optionally, old entries; never a leased one.
 
         1. uncommitted dirs (no manifest) whose newest file is older than
            grace_s, so an in-flight commit is left alone;
-        2. Prefect records whose entry has no manifest (also after grace_s);
-        3. with older_than_s, entries created before now - older_than_s;
-        4. with max_bytes, oldest entries until the committed total fits.
+        2. entries whose manifest is corrupt (a run would recompute them anyway);
+        3. result records that are damaged, or have no entry, or are not records
+           of an entry (failure records of old versions), the last two after grace_s;
+        4. with older_than_s, entries created before now - older_than_s;
+        5. with max_bytes, oldest entries until the committed total fits.
+        Entries that a live run has leased (cache.leases) are never removed, and
+        leases are read again right before each removal.
         """
-        now = time.time()
         report = GcReport(dry_run=dry_run)
-
-        def size_of(infos: Mapping[str, Mapping]) -> int:
-            return sum(
-                int(i.get("size") or 0) for i in infos.values() if i.get("type") != "directory"
-            )
-
         with self._io("gc"):
             scan = self._scan()
+            self._gc_garbage(scan, grace_s, report)
             committed = sorted(k for k, s in scan.items() if is_key(k) and s["manifest"])
-            for key, slot in sorted(scan.items()):
-                if not is_key(key) or slot["manifest"]:
-                    continue
-                times = [t for t in map(_mtime, slot["files"].values()) if t is not None]
-                if times and max(times) > now - grace_s:
-                    continue  # maybe a commit in flight
-                if self.has(key):  # committed since the scan
-                    continue
-                report.removed_garbage.append(key)
-                report.freed_bytes += size_of(slot["files"])
-                if not dry_run:
-                    self._rm(self._entry_dir(key), recursive=True)
-
-            for key, info in sorted(self._sidecars().items()):
-                if not is_key(key) or key in committed:
-                    continue
-                t = _mtime(info)
-                if t is not None and t > now - grace_s:
-                    continue
-                if self.has(key):
-                    continue
-                report.removed_sidecars.append(key)
-                report.freed_bytes += int(info.get("size") or 0)
-                if not dry_run:
-                    self._rm(self._p("prefect", key))
-
-            if older_than_s is None and max_bytes is None:
-                return report
-            entries = sorted(self._read_manifests(committed).values(), key=lambda m: m.created)
-            doomed = []
-            if older_than_s is not None:
-                doomed = [m for m in entries if m.created < now - older_than_s]
-            if max_bytes is not None:
-                kept = [m for m in entries if m not in doomed]
-                total = sum(m.total_bytes for m in kept)
-                for m in kept:  # oldest first
-                    if total <= max_bytes:
-                        break
-                    doomed.append(m)
-                    total -= m.total_bytes
-            for m in doomed:
-                report.removed_entries.append(m.key)
-                report.freed_bytes += size_of(scan[m.key]["files"])
-                if not dry_run:
-                    self.delete(m.key)
+            entries, corrupt = self._read_manifests(committed)
+            self._gc_entries(sorted(corrupt), scan, report)
+            self._gc_records(set(entries), grace_s, report)
+            doomed, spared = _expired(sorted(entries.values(), key=lambda m: m.created),
+                                      older_than_s, max_bytes, self.leased_keys())
+            report.kept_leased += [m.key for m in spared]
+            self._gc_entries([m.key for m in doomed], scan, report)
         return report
+
+    def _gc_garbage(self, scan: dict[str, dict[str, Any]], grace_s: float,
+                    report: GcReport) -> None:
+        now = time.time()
+        for key, slot in sorted(scan.items()):
+            if not is_key(key) or slot["manifest"]:
+                continue
+            times = [t for t in map(_mtime, slot["files"].values()) if t is not None]
+            if times and max(times) > now - grace_s:
+                continue  # maybe a commit in flight
+            if self.has(key):  # committed since the scan
+                continue
+            report.removed_garbage.append(key)
+            report.freed_bytes += _size_of(slot["files"])
+            if not report.dry_run:
+                self._rm(self._entry_dir(key), recursive=True)
+
+    def _gc_records(self, committed: set[str], grace_s: float, report: GcReport) -> None:
+        now = time.time()
+        records = self._records()
+        damaged = self._record_problems(sorted(k for k in records if k in committed))
+        for name, info in sorted(records.items()):
+            if name in committed and name not in damaged:
+                continue
+            t = _mtime(info)
+            if name not in damaged and t is not None and t > now - grace_s:
+                continue
+            if name not in damaged and is_key(name) and self.has(name):
+                continue  # committed since the scan
+            report.removed_records.append(name)
+            report.freed_bytes += int(info.get("size") or 0)
+            if not report.dry_run:
+                self._rm(self._p("prefect", name))
+
+    def _gc_entries(self, keys: list[str], scan: dict[str, dict[str, Any]],
+                    report: GcReport) -> None:
+        if not keys:
+            return
+        leased = self.leased_keys()  # again: a run may have started since
+        for key in keys:
+            if key in leased:
+                report.kept_leased.append(key)
+                continue
+            report.removed_entries.append(key)
+            report.freed_bytes += _size_of(scan[key]["files"])
+            if not report.dry_run:
+                self.delete(key)
 
     # ------------------------------------------------------------------ URIs and JSON docs
 
@@ -832,13 +950,9 @@ class ArtifactStore:
         """URL of an entry's folder (objects/<key>), for display and StageOutput.uri."""
         return self.fs.unstrip_protocol(self._entry_dir(key))
 
-    def sidecar_uri(self, key: str) -> str:
+    def record_uri(self, key: str) -> str:
         """URL of Prefect's result record for key (deleted with the entry, gc'd if orphaned)."""
-        return self.fs.unstrip_protocol(self._p("prefect", check_key(key)))
-
-    def prefect_dir_uri(self) -> str:
-        """URL of the directory holding Prefect's result records."""
-        return self.fs.unstrip_protocol(self._p("prefect"))
+        return self.fs.unstrip_protocol(self._record_path(key))
 
     def put_json(self, name: str, obj: Any) -> None:
         """Write a small JSON document at <root>/<name>, whole, in one put."""
@@ -861,3 +975,9 @@ class ArtifactStore:
             raise StoreError(
                 self._redact(f"corrupt JSON document {name} in store {self.url}: {e}")
             ) from None
+
+    def delete_doc(self, name: str) -> None:
+        """Remove the JSON document at <root>/<name> (absent is fine)."""
+        path = self._p(_check_doc_name(name))
+        with self._io(f"delete {name}"):
+            self._rm(path)

@@ -18,21 +18,22 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cache.prefect_policy import StageKeyPolicy, result_storage, stage_policy
-from cache.store import ArtifactStore, CorruptEntryError
-from flows.config import PipelineConfig, load_config
+from cache import leases
+from cache.prefect_policy import StageKeyPolicy, result_storage, stage_output, stage_policy
+from cache.store import ArtifactStore, CorruptEntryError, EntryNotFoundError
+from flows.config import load_config
 from flows.plan import stage_keys
-from stages.base import StageContext
+from stages.base import Stage, StageContext
 from stages.pipeline import BY_NAME
 
 DEFAULT_LOCK_DIR = Path.home() / ".memotune" / "locks"
 
 
 class UpstreamCorrupt(RuntimeError):
-    """An upstream entry failed verification; the flow drops it and recomputes."""
+    """An upstream entry is damaged or gone; the flow drops it and recomputes."""
 
     def __init__(self, key: str, detail: str):
-        super().__init__(f"upstream entry {key} is corrupt: {detail}")
+        super().__init__(f"upstream entry {key} is unusable: {detail}")
         self.key = key
 
 
@@ -44,21 +45,20 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _stage_output(stage: str, key: str, store: ArtifactStore, manifest: Any) -> dict[str, Any]:
-    return {"stage": stage, "key": key, "uri": store.entry_uri(key),
-            "metrics": manifest.meta.get("metrics", {}), "meta": manifest.meta.get("meta", {}),
-            "compute_s": manifest.compute_s}
-
-
 @task(name="stage", persist_result=True, result_serializer="json", cache_policy=StageKeyPolicy())
 def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[str, str],
               store_url: str, device: str, progress: bool) -> dict[str, Any]:
     """One stage on a cache miss. Returns its StageOutput as a plain dict."""
     logger = get_run_logger()
     store = ArtifactStore(store_url)
-    existing = store.manifest(key)
+    try:
+        existing = store.manifest(key)
+    except CorruptEntryError as e:  # a damaged commit record: recompute it
+        logger.warning("%s; deleting the entry and recomputing it", e)
+        store.delete(key)
+        existing = None
     if existing is not None:  # committed by a run that died before Prefect's record
-        return _stage_output(stage, key, store, existing)
+        return {**stage_output(store, existing), "reused": True}
     spec = BY_NAME[stage]
     fetch_s: dict[str, float] = {}
     upstream: dict[str, Path] = {}
@@ -67,7 +67,7 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
             t0 = time.perf_counter()
             try:
                 upstream[need] = store.fetch(upstream_keys[need])
-            except CorruptEntryError as e:
+            except (CorruptEntryError, EntryNotFoundError) as e:
                 raise UpstreamCorrupt(upstream_keys[need], str(e)) from e
             fetch_s[need] = time.perf_counter() - t0
         workdir = Path(tmp) / "out"
@@ -79,18 +79,18 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
         manifest = store.commit(key, workdir, stage=stage, compute_s=compute_s,
                                 meta={"metrics": result.metrics, "meta": result.meta,
                                       "params": params, "upstream": upstream_keys})
-    out = _stage_output(stage, key, store, manifest)
+    out = stage_output(store, manifest)
     out["fetch_s"] = fetch_s
     return out
 
 
-def _run_once(cfg: PipelineConfig, store: ArtifactStore, device: str, progress: bool,
-              lock_dir: Path) -> list[dict[str, Any]]:
+def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactStore,
+              device: str, progress: bool, lock_dir: Path) -> list[dict[str, Any]]:
     task_fn = run_stage.with_options(result_storage=result_storage(store),
                                      cache_policy=stage_policy(lock_dir))
     rows: list[dict[str, Any]] = []
     keys: dict[str, str] = {}
-    for stage, key, params in stage_keys(cfg):
+    for stage, key, params in planned:
         keys[stage.name] = key
         t0 = time.perf_counter()
         state = task_fn.with_options(task_run_name=f"{stage.name}[{key[:10]}]")(
@@ -98,7 +98,8 @@ def _run_once(cfg: PipelineConfig, store: ArtifactStore, device: str, progress: 
             progress, return_state=True)
         wall = time.perf_counter() - t0
         out = state.result()  # raises the stage's exception on failure
-        cached = state.name == "Cached"
+        # "reused": Prefect had no record, but the entry was there: nothing computed
+        cached = state.name == "Cached" or bool(out.get("reused"))
         rows.append({"name": stage.name, "key": key,
                      "status": "cached" if cached else "computed",
                      "compute_s": 0.0 if cached else out["compute_s"],
@@ -126,15 +127,17 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
     store = ArtifactStore(store_url)
     device = resolve_device(cfg.device)
     locks = Path(lock_dir) if lock_dir else DEFAULT_LOCK_DIR
-    for attempt in range(3):
-        try:
-            rows = _run_once(cfg, store, device, progress, locks)
-            break
-        except UpstreamCorrupt as e:
-            if attempt == 2:
-                raise
-            logger.warning("%s; deleting it and recomputing", e)
-            store.delete(e.key)
+    planned = stage_keys(cfg)
+    with leases.hold(store, [key for _, key, _ in planned]):  # gc leaves these alone
+        for attempt in range(3):
+            try:
+                rows = _run_once(planned, store, device, progress, locks)
+                break
+            except UpstreamCorrupt as e:
+                if attempt == 2:
+                    raise
+                logger.warning("%s; deleting it and recomputing", e)
+                store.delete(e.key)
     metrics = rows[-1]["output"]["metrics"]
     summary = {
         "objective": cfg.objective_value(metrics),

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 
 from cache.keys import fingerprint_uris, source_hash, stage_key
-from cache.store import ArtifactStore
+from cache.store import ArtifactStore, CorruptEntryError
 from flows.config import PipelineConfig
 from stages.base import Stage
 from stages.pipeline import STAGES
@@ -55,7 +55,10 @@ def plan(cfg: PipelineConfig, store: ArtifactStore,
          keys: list[tuple[Stage, str, dict]] | None = None) -> list[StagePlan]:
     plans = []
     for stage, key, params in keys if keys is not None else stage_keys(cfg):
-        manifest = store.manifest(key)
+        try:
+            manifest = store.manifest(key)
+        except CorruptEntryError:
+            manifest = None  # a run deletes and recomputes it; `cache verify` names it
         plans.append(StagePlan(
             name=stage.name, key=key, params=params, cached=manifest is not None,
             compute_s=manifest.compute_s if manifest else None,

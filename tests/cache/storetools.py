@@ -21,3 +21,12 @@ def read_tree(path: Path) -> dict[str, bytes]:
 
 def key_of(n: int) -> str:
     return f"{n:064x}"
+
+
+def json_record(key: str, stage: str = "finetune") -> bytes:
+    """A result record as Prefect's JSON serializer writes it for a StageOutput."""
+    import json
+
+    output = {"stage": stage, "key": key, "uri": "x", "metrics": {}, "meta": {}, "compute_s": 1.0}
+    return json.dumps({"metadata": {"storage_key": key, "serializer": {"type": "json"}},
+                       "result": json.dumps(output)}).encode()

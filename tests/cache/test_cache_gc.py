@@ -12,7 +12,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from storetools import key_of, make_dir
+from storetools import json_record, key_of, make_dir
 
 from cache.store import ArtifactStore
 
@@ -93,7 +93,7 @@ def _commit(store: ArtifactStore, n: int, tmp_path: Path, size: int = 1000) -> s
 
 def test_gc_max_bytes_removes_oldest_first(store, tmp_path):
     k1, k2, k3 = (_commit(store, n, tmp_path) for n in (1, 2, 3))
-    with fsspec.open(store.sidecar_uri(k1), "wb") as f:
+    with fsspec.open(store.record_uri(k1), "wb") as f:
         f.write(b"{}")
     dry = store.gc(max_bytes=0, dry_run=True)
     assert dry.dry_run and sorted(dry.removed_entries) == sorted([k1, k2, k3])
@@ -119,26 +119,59 @@ def test_gc_older_than(store, tmp_path):
     assert not store.has(old) and store.has(new)
 
 
-def test_gc_orphan_prefect_records(store, tmp_path):
-    kept = _commit(store, 1, tmp_path)
+def test_gc_and_verify_judge_every_object_under_prefect(store, tmp_path):
+    """prefect/ holds only records of entries: orphans, damaged records and
+    failure records (uuid names) are reported by verify and removed by gc."""
+    kept, damaged = _commit(store, 1, tmp_path), _commit(store, 2, tmp_path)
     orphan = key_of(99)
     for key in (kept, orphan):
-        with fsspec.open(store.sidecar_uri(key), "wb") as f:
-            f.write(b"{}")
-    store.fs.pipe_file(f"{store.root}/prefect/not-a-key.lock", b"")
+        store.write_record(key, json_record(key))
+    store.write_record(damaged, b"{}")
+    failure = "0123456789abcdef0123456789abcdef"  # Prefect names failure records by uuid
+    store.fs.pipe_file(f"{store.root}/prefect/{failure}", b"{}")
     assert store.verify_all() == {
         kept: [],
+        damaged: [f"prefect record {damaged}: not a result record"],
         orphan: ["prefect record without a manifest (orphan)"],
+        failure: ["not a result record of an entry under prefect/"],
     }
-    assert store.gc().removed_sidecars == []  # young
-    assert store.gc(grace_s=0, dry_run=True).removed_sidecars == [orphan]
+    assert store.gc().removed_records == [damaged]  # the young others may be in flight
+    assert store.gc(grace_s=0, dry_run=True).removed_records == sorted([failure, orphan])
     assert store.fs.exists(f"{store.root}/prefect/{orphan}")
     report = store.gc(grace_s=0)
-    assert report.removed_sidecars == [orphan] and report.removed_entries == []
+    assert report.removed_records == sorted([failure, orphan]) and report.removed_entries == []
     assert not store.fs.exists(f"{store.root}/prefect/{orphan}")
-    assert store.fs.exists(f"{store.root}/prefect/{kept}")
-    assert store.fs.exists(f"{store.root}/prefect/not-a-key.lock")  # not ours to judge
-    assert store.verify_all() == {kept: []}
+    assert store.read_record(kept) == json_record(kept)
+    assert store.verify_all() == {kept: [], damaged: []}
+
+
+def test_gc_removes_an_entry_with_a_corrupt_manifest(store, tmp_path):
+    good, bad = _commit(store, 1, tmp_path), _commit(store, 2, tmp_path)
+    store.fs.pipe_file(f"{store.root}/objects/{bad}/manifest.json", b'{"files": "../x"}')
+    assert store.verify_all()[bad][0].startswith("manifest unreadable")
+    report = store.gc()
+    assert report.removed_entries == [bad]
+    assert store.verify_all() == {good: []}
+
+
+def test_gc_never_removes_a_leased_entry(store, tmp_path):
+    from cache import leases
+
+    old, new = _commit(store, 1, tmp_path), _commit(store, 2, tmp_path)
+    with leases.hold(store, [old]):
+        report = store.gc(max_bytes=0, older_than_s=0)
+        assert report.removed_entries == [new] and report.kept_leased == [old]
+        assert store.has(old)
+    assert store.list_docs("leases") == []  # released
+    assert store.gc(max_bytes=0).removed_entries == [old]
+
+
+def test_a_lapsed_lease_protects_nothing(store, tmp_path):
+    k = _commit(store, 1, tmp_path)
+    store.put_json("leases/dead-run.json", {"keys": [k], "expires": time.time() - 1})
+    store.put_json("leases/broken.json", {"keys": "not a list", "expires": time.time() + 99})
+    assert store.leased_keys() == set()
+    assert store.gc(max_bytes=0).removed_entries == [k]
 
 
 def test_gc_on_empty_store(store):

@@ -27,12 +27,21 @@ def test_url_forms(tmp_path, monkeypatch):
     assert mem.url.startswith("memory://") and mem.root.endswith("mt-url-forms/x")
     assert ArtifactStore("s3://bucket/prefix/").url == "s3://bucket/prefix"
     assert (
-        ArtifactStore("s3://bucket/prefix").sidecar_uri("0" * 64)
+        ArtifactStore("s3://bucket/prefix").record_uri("0" * 64)
         == "s3://bucket/prefix/prefect/" + "0" * 64
     )
-    for bad in ("nosuchproto://x", "s3://"):
-        with pytest.raises(StoreError, match="cannot open store"):
+    for bad, why in [("nosuchproto://x", "unsupported protocol 'nosuchproto'"),
+                     ("ftp://host/x", "unsupported protocol 'ftp'"),
+                     ("hdfs://nn/x", "unsupported protocol 'hdfs'"),
+                     ("zip://a.zip", "unsupported protocol 'zip'"),
+                     ("s3://", "no bucket or directory"), ("file://", "no bucket or directory"),
+                     (" ", "empty or surrounded by spaces"), ("", "empty"),
+                     (" /tmp/x", "surrounded by spaces")]:
+        with pytest.raises(StoreError, match=why):
             ArtifactStore(bad)
+    with pytest.raises(StoreError) as e:
+        ArtifactStore("ftp://user:hunter2@host/x")
+    assert "hunter2" not in str(e.value)
 
 
 def test_s3_store_works_from_env_alone(s3_store_url, tmp_path):

@@ -203,9 +203,9 @@ def test_manifest_for_another_key_is_corrupt(store, tmp_path):
 def test_delete_removes_entry_and_prefect_record(store, tmp_path):
     commit(store, K, tmp_path / "out")
     commit(store, key_of(2), tmp_path / "out2")
-    with fsspec.open(store.sidecar_uri(K), "wb") as f:  # what Prefect's result storage writes
+    with fsspec.open(store.record_uri(K), "wb") as f:  # what Prefect's result storage writes
         f.write(b'{"result": "..."}')
-    assert store.sidecar_uri(K).startswith(store.prefect_dir_uri() + "/")
+    assert store.record_uri(K) == store.fs.unstrip_protocol(store_path(store, "prefect", K))
     assert store.fs.exists(store_path(store, "prefect", K))
     store.delete(K)
     assert not store.has(K) and store.manifest(K) is None

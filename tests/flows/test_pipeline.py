@@ -111,7 +111,7 @@ def test_pipeline_on_s3(prefect_api, tiny, s3_store_url, tmp_path, monkeypatch):
     assert _statuses(first) == ["computed"] * 4
     store = ArtifactStore(s3_store_url)
     assert all(store.has(s["key"]) for s in first["stages"])
-    assert all(store.fs.exists(store.sidecar_uri(s["key"])) for s in first["stages"])
+    assert all(store.fs.exists(store.record_uri(s["key"])) for s in first["stages"])
     second = _run(tiny, s3_store_url, tmp_path)
     assert _statuses(second) == ["cached"] * 4
     assert [p.cached for p in plan(load_config(doc=tiny), store)] == [True] * 4
