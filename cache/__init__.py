@@ -1,5 +1,9 @@
-"""memotune's cache: content keys and the fsspec artifact store (no ML, no Prefect)."""
+"""memotune's cache: content keys, the fsspec artifact store, leases and record checks.
 
+No ML here, and no Prefect outside prefect_policy.py and locks.py (the Prefect glue).
+"""
+
+from cache.errors import CorruptEntryError, EntryNotFoundError, StoreError
 from cache.keys import (
     DataSourceError,
     canonical_json,
@@ -11,16 +15,7 @@ from cache.keys import (
     source_hash,
     stage_key,
 )
-from cache.errors import CorruptEntryError, EntryNotFoundError, StoreError
-from cache.store import (
-    ArtifactStore,
-    CorruptEntryError,
-    EntryNotFoundError,
-    FileRecord,
-    GcReport,
-    Manifest,
-    StoreError,
-)
+from cache.store import ArtifactStore, FileRecord, GcReport, Manifest
 
 __all__ = [
     "ArtifactStore",
