@@ -51,15 +51,20 @@ def hold(store: ArtifactStore, keys: Iterable[str], ttl_s: float = DEFAULT_TTL_S
 
     thread = threading.Thread(target=renew, name="memotune-lease", daemon=True)
     thread.start()
+    store_failed = False
     try:
         yield name
+    except StoreError:
+        store_failed = True  # don't wait on a failing store again: the lease lapses
+        raise
     finally:
         stop.set()
-        thread.join()
-        try:
-            store.delete_doc(name)
-        except StoreError as e:
-            log.warning("could not remove lease %s (it lapses by itself): %s", name, e)
+        if not store_failed:
+            thread.join()
+            try:
+                store.delete_doc(name)
+            except StoreError as e:
+                log.warning("could not remove lease %s (it lapses by itself): %s", name, e)
 
 
 def live_keys(docs: Iterable[Any], now: float | None = None) -> set[str]:

@@ -70,9 +70,9 @@ _PROBE_CONFIG = {"connect_timeout": 3, "read_timeout": 5}
 # Every other S3 call: an outage (server paused or gone) must end an operation
 # within S3_BOUND_S, not hang on botocore's and s3fs's default retry loops.
 # Worst case: S3_ATTEMPTS x (connect or read timeout) plus s3fs's short backoff.
-S3_CONFIG = {"connect_timeout": 5, "read_timeout": 20, "retries": {"total_max_attempts": 1}}
+S3_CONFIG = {"connect_timeout": 5, "read_timeout": 15, "retries": {"total_max_attempts": 1}}
 S3_ATTEMPTS = 3
-S3_BOUND_S = S3_ATTEMPTS * (20 + 5) + 5
+S3_BOUND_S = S3_ATTEMPTS * (15 + 5) + 5
 # Object stores and file systems the store is tested on (fsspec has many more
 # protocols, some of which are read-only or archives: refuse those by name).
 SUPPORTED_PROTOCOLS = ("file", "local", "s3", "s3a", "memory")
