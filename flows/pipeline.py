@@ -22,6 +22,7 @@ from cache import leases
 from cache.prefect_policy import StageKeyPolicy, result_storage, stage_output, stage_policy
 from cache.store import ArtifactStore, CorruptEntryError, EntryNotFoundError
 from flows.config import load_config
+from flows.console import note_stage
 from flows.plan import stage_keys
 from stages.base import Stage, StageContext
 from stages.pipeline import BY_NAME
@@ -97,7 +98,11 @@ def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactS
             stage.name, key, params, {n: keys[n] for n in stage.needs}, store.url, device,
             progress, return_state=True)
         wall = time.perf_counter() - t0
-        out = state.result()  # raises the stage's exception on failure
+        try:
+            out = state.result()  # raises the stage's exception on failure
+        except Exception as e:
+            note_stage(e, stage.name)
+            raise
         # "reused": Prefect had no record, but the entry was there: nothing computed
         cached = state.name == "Cached" or bool(out.get("reused"))
         rows.append({"name": stage.name, "key": key,
