@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 
 from cache import leases
 from cache.prefect_policy import StageKeyPolicy, result_storage, stage_output, stage_policy
-from cache.store import ArtifactStore, CorruptEntryError, EntryNotFoundError
+from cache.store import ArtifactStore, CorruptEntryError, EntryNotFoundError, StoreError
 from flows.config import load_config
 from flows.console import note_stage
 from flows.plan import stage_keys
@@ -128,6 +130,7 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
     tune flow reads the result of a run that a work-pool worker executed).
     """
     logger = get_run_logger()
+    started = time.time()
     cfg = load_config(doc=config)
     store = ArtifactStore(store_url)
     device = resolve_device(cfg.device)
@@ -147,8 +150,9 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
     summary = {
         "objective": cfg.objective_value(metrics),
         "metrics": metrics,
-        "stages": [{k: r[k] for k in ("name", "key", "status", "compute_s", "load_s")}
-                   for r in rows],
+        "stages": [{**{k: r[k] for k in ("name", "key", "status", "compute_s", "load_s")},
+                    "saved_s": _saved_s(r)} for r in rows],
+        "flow_run_id": str(flow_run.id) if flow_run.id else None,
     }
     _publish_reuse(rows)
     _publish_trajectories(rows)
@@ -158,7 +162,27 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
                           for r in rows if r["name"].endswith("finetune")}
     if summary_doc is not None:
         store.put_json(summary_doc, summary)
+    _record_run(store, cfg.name, started, summary)
     return summary
+
+
+def _saved_s(row: dict[str, Any]) -> float:
+    """Seconds a cached stage saved: its recorded compute time less its load time."""
+    if row["status"] != "cached":
+        return 0.0
+    return round(max(0.0, row["recorded_compute_s"] - row["load_s"]), 3)
+
+
+def _record_run(store: ArtifactStore, name: str, started: float, summary: dict[str, Any]) -> None:
+    """runs/<id>.json: which entries this run computed or reused, recorded when it happens
+    (one object per run: object-store rules). The reuse dashboard reads these."""
+    run_id = summary["flow_run_id"] or uuid.uuid4().hex
+    doc = {"run": run_id, "flow_run_name": flow_run.name, "config": name, "started": started,
+           "ended": time.time(), "objective": summary["objective"], "stages": summary["stages"]}
+    try:
+        store.put_json(f"runs/{run_id}.json", doc)
+    except StoreError as e:  # a view's input; the run itself succeeded
+        logging.getLogger("memotune").warning("could not record run %s: %s", run_id, e)
 
 
 def _publish_trajectories(rows: list[dict[str, Any]]) -> None:
@@ -181,8 +205,7 @@ def _publish_reuse(rows: list[dict[str, Any]]) -> None:
     """The `stage-reuse` table artifact: what was computed, what was reused."""
     table = [{"stage": r["name"], "key": r["key"][:12], "status": r["status"],
               "seconds_spent": round(r["compute_s"] + r["load_s"], 3),
-              "seconds_saved": round(max(0.0, r["recorded_compute_s"] - r["load_s"]), 3)
-              if r["status"] == "cached" else 0.0} for r in rows]
+              "seconds_saved": _saved_s(r)} for r in rows]
     try:
         create_table_artifact(table=table, key="stage-reuse",
                               description="Per stage: computed or reused from the cache")

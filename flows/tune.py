@@ -164,7 +164,8 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
                     "metrics": summary["metrics"], "stages": summary["stages"],
                     "adapted": summary["adapted"], "tuner_costs": costs,
                     "tuner_cached": cached, "spent": t.spent,
-                    "flow_run": summary.get("flow_run")})
+                    "flow_run": summary.get("flow_run"),
+                    "flow_run_id": summary.get("flow_run_id")})
                 doc["tuner_state"] = t.state_dict()
                 store.put_json(doc_name, doc)  # one put: the study is whole or not written
                 update_progress_artifact(progress_id, progress=_percent(t.spent, t.budget))
