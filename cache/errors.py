@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CorruptEntryError", "EntryNotFoundError", "StoreError"]
+__all__ = ["CorruptEntryError", "EntryNotFoundError", "LockError", "StoreError"]
 
 
 class StoreError(Exception):
@@ -23,3 +23,7 @@ class EntryNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class LockError(RuntimeError):
+    """The lock server failed or is unreachable; the message names its (redacted) URL."""

@@ -11,7 +11,19 @@ the kernel drops a lock when its holder's file descriptor closes, which
 includes every kind of process death, so no lock outlives its holder and no
 one ever has to parse or judge a lock file. The file's content (holder, pid,
 host) is only for people looking at the lock folder. One host only: flock
-does not reach across machines (use Redis locks there).
+does not reach across machines.
+
+`RedisLeaseLockManager` is prefect-redis's `RedisLockManager` for several
+hosts, plus what it lacks: Prefect takes locks without a hold timeout, so a
+worker killed while holding one would block its key forever. Here every lock
+is a lease of `lease_s` seconds that a thread of the live holder renews; a
+SIGKILLed or disconnected holder stops renewing and its lock expires. Waiting
+polls instead of taking a throw-away lock, and every call has socket
+timeouts, so a Redis that goes away ends the run with one `LockError`
+naming the lock URL instead of a hang.
+
+`lock_manager(setting, lock_dir)` picks one from the `--locks` /
+`MEMOTUNE_LOCKS` setting: `file` (default) or a `redis://` URL.
 """
 
 from __future__ import annotations
@@ -19,16 +31,23 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 from prefect.locking.protocol import LockManager
 
-__all__ = ["FileLockManager"]
+from cache.errors import LockError
+from cache.keys import redact
+
+__all__ = ["FileLockManager", "RedisLeaseLockManager", "check_lock_setting", "lock_manager"]
 
 _POLL_S = 0.05
 
@@ -147,3 +166,137 @@ class FileLockManager(LockManager):
 
     async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
         return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
+
+
+# --------------------------------------------------------------------------- Redis
+
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+REDIS_TIMEOUTS = {"socket_timeout": "5", "socket_connect_timeout": "5"}
+DEFAULT_LEASE_S = 30.0
+
+
+def _with_timeouts(url: str) -> str:
+    """The URL with socket timeouts added unless it sets its own (redis-py reads them)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query = {**REDIS_TIMEOUTS, **query}
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
+
+
+class RedisLeaseLockManager(LockManager):
+    """prefect-redis locks as leases: renewed while the holder lives, expired after."""
+
+    def __init__(self, url: str, lease_s: float = DEFAULT_LEASE_S) -> None:
+        from prefect_redis.locking import RedisLockManager
+
+        self.url = redact(url)
+        self.lease_s = float(lease_s)
+        self._inner = RedisLockManager(connection_url=_with_timeouts(url))
+        self._renewers: dict[str, threading.Event] = {}
+        self._mutex = threading.Lock()
+
+    @contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except _redis_errors() as e:
+            raise LockError(f"lock server {self.url}: {what} failed: {type(e).__name__}: "
+                            f"{redact(str(e))}") from None
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        with self._calling(f"lock {key}"):
+            ok = self._inner.acquire_lock(key, holder, acquire_timeout,
+                                          hold_timeout or self.lease_s)
+        if ok:
+            self._start_renewing(key, holder)
+        return ok
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                            hold_timeout: float | None = None) -> bool:
+        return await anyio.to_thread.run_sync(
+            self.acquire_lock, key, holder, acquire_timeout, hold_timeout)
+
+    def _start_renewing(self, key: str, holder: str) -> None:
+        from redis.lock import Lock
+
+        with self._mutex:
+            if key in self._renewers:
+                return
+            stop = self._renewers[key] = threading.Event()
+        # The same Redis lock (prefect-redis names it lock:<key>, token = holder),
+        # extended through redis-py's own Lock, which checks the token atomically.
+        lock = Lock(self._inner.client, f"lock:{key}", timeout=self.lease_s, thread_local=False)
+        lock.local.token = holder.encode()
+        log = logging.getLogger("memotune.locks")
+
+        def renew() -> None:
+            from redis.exceptions import LockError as RedisLockError
+
+            while not stop.wait(self.lease_s / 3):
+                try:
+                    lock.extend(self.lease_s, replace_ttl=True)
+                except RedisLockError:
+                    log.error("lost the lock on %s (lease expired)", key)
+                    return
+                except _redis_errors() as e:  # retried until the lease runs out
+                    log.warning("could not renew the lock on %s at %s: %s", key, self.url, e)
+
+        threading.Thread(target=renew, name=f"memotune-lock-{key[:8]}", daemon=True).start()
+
+    def _stop_renewing(self, key: str) -> None:
+        with self._mutex:
+            stop = self._renewers.pop(key, None)
+        if stop is not None:
+            stop.set()
+
+    def release_lock(self, key: str, holder: str) -> None:
+        self._stop_renewing(key)
+        with self._calling(f"unlock {key}"):
+            self._inner.release_lock(key, holder)
+
+    def is_locked(self, key: str) -> bool:
+        with self._calling(f"look up lock {key}"):
+            return self._inner.is_locked(key)
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        with self._calling(f"look up lock {key}"):
+            return self._inner.is_lock_holder(key, holder)
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Poll until free: taking a throw-away lock (as prefect-redis does) would leave
+        a lock without expiry if this process died holding it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_locked(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
+
+
+def check_lock_setting(setting: str) -> str:
+    """`file` or a Redis URL; ValueError naming the setting otherwise."""
+    if setting == "file":
+        return setting
+    scheme = setting.split("://", 1)[0].lower() if "://" in setting else ""
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(f"--locks / MEMOTUNE_LOCKS: expected 'file' or a redis:// URL, "
+                         f"got {redact(setting)!r}")
+    return setting
+
+
+def lock_manager(setting: str | None, lock_dir: str | os.PathLike) -> LockManager:
+    """The lock manager for a `--locks` / MEMOTUNE_LOCKS setting (None: file)."""
+    setting = check_lock_setting(setting or "file")
+    if setting == "file":
+        return FileLockManager(lock_dir)
+    return RedisLeaseLockManager(setting)

@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.filesystems import WritableFileSystem
+from prefect.locking.protocol import LockManager
 from prefect.serializers import JSONSerializer
 from prefect.transactions import IsolationLevel
 from pydantic import PrivateAttr
 
 from cache.errors import CorruptEntryError
 from cache.keys import check_key, is_key
-from cache.locks import FileLockManager
 from cache.records import DamagedRecordError, check_record
 from cache.store import ArtifactStore, Manifest
 
@@ -125,7 +124,7 @@ def result_storage(store: ArtifactStore) -> StoreRecords:
     return block
 
 
-def stage_policy(lock_dir: Path) -> StageKeyPolicy:
-    """SERIALIZABLE + flock locks: concurrent runs of one key on a host compute it once."""
+def stage_policy(locks: LockManager) -> StageKeyPolicy:
+    """SERIALIZABLE + locks (cache.locks): concurrent runs of one key compute it once."""
     return StageKeyPolicy().configure(isolation_level=IsolationLevel.SERIALIZABLE,
-                                      lock_manager=FileLockManager(lock_dir))
+                                      lock_manager=locks)

@@ -10,6 +10,7 @@ Tasks get keys and URLs, never models or datasets: Prefect hashes inputs.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 import uuid
@@ -18,9 +19,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.locking.protocol import LockManager
 from prefect.runtime import flow_run
 
 from cache import leases
+from cache.locks import lock_manager
 from cache.prefect_policy import StageKeyPolicy, result_storage, stage_output, stage_policy
 from cache.store import ArtifactStore, CorruptEntryError, EntryNotFoundError, StoreError
 from flows.config import load_config
@@ -88,9 +91,9 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
 
 
 def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactStore,
-              device: str, progress: bool, lock_dir: Path) -> list[dict[str, Any]]:
+              device: str, progress: bool, locks: LockManager) -> list[dict[str, Any]]:
     task_fn = run_stage.with_options(result_storage=result_storage(store),
-                                     cache_policy=stage_policy(lock_dir))
+                                     cache_policy=stage_policy(locks))
     rows: list[dict[str, Any]] = []
     keys: dict[str, str] = {}
     for stage, key, params in planned:
@@ -123,23 +126,27 @@ def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactS
 
 @flow(name="memotune-pipeline", log_prints=True)
 def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
-                  lock_dir: str | None = None, summary_doc: str | None = None) -> dict[str, Any]:
+                  lock_dir: str | None = None, summary_doc: str | None = None,
+                  locks: str | None = None) -> dict[str, Any]:
     """Run the four stages in order, reusing every cached prefix.
 
     `summary_doc`: also write the returned summary to this store path (how a
     tune flow reads the result of a run that a work-pool worker executed).
+    `locks`: `file` (one host, flock files in `lock_dir`) or a `redis://` URL
+    (several hosts); default $MEMOTUNE_LOCKS, else `file`.
     """
     logger = get_run_logger()
     started = time.time()
     cfg = load_config(doc=config)
     store = ArtifactStore(store_url)
     device = resolve_device(cfg.device)
-    locks = Path(lock_dir) if lock_dir else DEFAULT_LOCK_DIR
+    manager = lock_manager(locks or os.environ.get("MEMOTUNE_LOCKS"),
+                           Path(lock_dir) if lock_dir else DEFAULT_LOCK_DIR)
     planned = stage_keys(cfg)
     with leases.hold(store, [key for _, key, _ in planned]):  # gc leaves these alone
         for attempt in range(3):
             try:
-                rows = _run_once(planned, store, device, progress, locks)
+                rows = _run_once(planned, store, device, progress, manager)
                 break
             except UpstreamCorrupt as e:
                 if attempt == 2:
