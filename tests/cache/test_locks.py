@@ -27,6 +27,7 @@ CHURN = textwrap.dedent(
     import sys
     from cache.locks import FileLockManager
     m = FileLockManager(sys.argv[1])
+    print("churning", flush=True)
     while True:
         m.acquire_lock(sys.argv[2], holder=sys.argv[3])
         m.release_lock(sys.argv[2], holder=sys.argv[3])
@@ -52,9 +53,10 @@ def _spawn(code: str, *args: str) -> subprocess.Popen:
 def test_readers_never_see_a_half_written_lock(tmp_path):
     churners = [_spawn(CHURN, str(tmp_path), KEY, f"h{i}") for i in range(2)]
     try:
+        assert all(p.stdout.readline().strip() == "churning" for p in churners)
         m = FileLockManager(tmp_path)
         calls, seen_locked, deadline = 0, 0, time.monotonic() + 3
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or (seen_locked == 0 and calls < 10**7):
             seen_locked += m.is_locked(KEY)  # raised ValueError with Prefect's manager
             calls += 1
         assert all(p.poll() is None for p in churners), "a churning process died"
