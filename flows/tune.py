@@ -88,7 +88,7 @@ def candidate_config(cfg: PipelineConfig, space: SearchSpace, cand: Candidate) -
 def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
               tuner: str = "eeipu", budget: float = 900.0, warmup: int = 5, seed: int = 0,
               resume: bool = False, progress: bool = True,
-              lock_dir: str | None = None, extend: bool = False,
+              lock_dir: str | None = None, extend: bool = False, locks: str | None = None,
               max_trials: int | None = None, deployment: str | None = None,
               parallel: int = 1) -> dict[str, Any]:
     """Run (or resume) a study until `budget` seconds of stage time are spent.
@@ -131,7 +131,7 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
 
     progress_id = create_progress_artifact(progress=_percent(t.spent, t.budget),
                                            description=f"study {study}: budget spent")
-    run = _runner(deployment, store_url, study, progress, lock_dir)
+    run = _runner(deployment, store_url, study, progress, lock_dir, locks)
     resubmit = sorted(t.pending.values(), key=lambda c: c.id)  # in flight when it stopped
     inflight: dict[Future[dict[str, Any]], tuple[Candidate, list[dict[str, Any]]]] = {}
 
@@ -180,11 +180,12 @@ RunTrial = Callable[[Candidate, dict[str, Any]], dict[str, Any]]
 
 
 def _runner(deployment: str | None, store_url: str, study: str, progress: bool,
-            lock_dir: str | None) -> RunTrial:
+            lock_dir: str | None, locks: str | None = None) -> RunTrial:
     """How one trial runs: a pipeline subflow here, or a flow run of `deployment`."""
     if deployment is None:
         def here(cand: Candidate, config: dict[str, Any]) -> dict[str, Any]:
-            return pipeline_flow(config, store_url, progress=progress, lock_dir=lock_dir)
+            return pipeline_flow(config, store_url, progress=progress, lock_dir=lock_dir,
+                                 locks=locks)
 
         return here
 
@@ -196,8 +197,11 @@ def _runner(deployment: str | None, store_url: str, study: str, progress: bool,
 
     def on_pool(cand: Candidate, config: dict[str, Any]) -> dict[str, Any]:
         doc = f"studies/{study}/runs/{cand.id}.json"
-        fr = run_deployment(deployment, parameters={"config": config, "store_url": store_url,
-                                                    "progress": False, "summary_doc": doc},
+        params = {"config": config, "store_url": store_url, "progress": False,
+                  "summary_doc": doc}
+        if locks is not None:  # else the workers' own MEMOTUNE_LOCKS
+            params["locks"] = locks
+        fr = run_deployment(deployment, parameters=params,
                             timeout=None, poll_interval=2)
         state = fr.state
         if state is None or state.type != StateType.COMPLETED:
