@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -42,7 +43,12 @@ def store_url(store: str | None) -> str:
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr, exit 2. The message is plain text: never read as rich markup
+    (a URL or a value may hold "[...]"), line breaks and control characters escaped."""
+    from flows.validation import one_line
+
+    err.print(Text.assemble(("error:", "bold red"), " ", one_line(message)),
+              highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -55,16 +61,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _prepare(config: str | None, overrides: list[str] | None, store: str | None):
-    """Validate config, data files and store, in that order; raises user errors.
+    """Validate config, data sources and store, in that order; raises user errors.
 
     The store is opened (and a local one created) only once the rest is valid.
     """
     from cache.store import ArtifactStore
     from flows.config import load_config
     from flows.plan import plan, stage_keys
+    from flows.validation import check_sources
 
     cfg = load_config(config, overrides or [])
-    keys = stage_keys(cfg)  # fingerprints data files: a missing one fails here
+    check_sources(cfg)  # data files are files; model/tokenizer/dataset names resolve
+    keys = stage_keys(cfg)  # fingerprints data files
     st = ArtifactStore.open(store_url(store))
     return cfg, st, plan(cfg, st, keys)
 

@@ -7,16 +7,20 @@ config runs it.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from flows.validation import ConfigError, check_values, one_line, show_value
 from stages.data_prep import DataPrepParams
 from stages.evaluate import METRICS, EvaluateParams
 from stages.finetune import IntermediateParams, TargetParams
+from stages.optim import OptimizerSettings
 from stages.pipeline import STAGE_NAMES
 
 # The built-in example's search space: both loops (tune adamw's learning rate,
@@ -38,9 +42,8 @@ DEFAULT_SEARCH: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-class ConfigError(ValueError):
-    """Bad config: the message names the file and the field."""
-
+__all__ = ["ConfigError", "PipelineConfig", "apply_params", "apply_values", "load_config",
+           "parse_override", "set_dotted"]
 
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -59,7 +62,8 @@ class PipelineConfig(BaseModel):
     def _known_stages(cls, v: dict[str, Any]) -> dict[str, Any]:
         for stage in v:
             if stage not in STAGE_NAMES:
-                raise ValueError(f"unknown stage '{stage}' (stages: {', '.join(STAGE_NAMES)})")
+                raise ValueError(f"unknown stage {show_value(stage)} (stages: {', '.join(STAGE_NAMES)})")
+        _plain_data(v, "search")
         return v
 
     def stage_params(self, stage: str) -> dict[str, Any]:
@@ -70,6 +74,22 @@ class PipelineConfig(BaseModel):
         """Maximized by the tuner: loss is negated."""
         value = metrics[self.objective]
         return -value if self.objective == "loss" else value
+
+
+def _plain_data(node: Any, path: str) -> None:
+    """JSON-like data only (search specs are stored with studies as JSON)."""
+    if node is None or isinstance(node, bool | int | float | str):
+        return
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{path}: key {show_value(k)} is not text")
+            _plain_data(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _plain_data(v, f"{path}[{i}]")
+    else:
+        raise ValueError(f"{path}: {type(node).__name__} values are not allowed (plain YAML data only)")
 
 
 def set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
@@ -86,12 +106,14 @@ def set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
 
 def parse_override(item: str) -> tuple[str, Any]:
     """'stage.param=value' with value parsed as YAML (so 3 is an int, 1e-3 a float)."""
+    shown = f"--set {show_value(item, 100)}"
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected stage.param=value")
+        raise ConfigError(f"{shown}: expected stage.param=value")
     dotted, raw = item.split("=", 1)
     if not dotted or any(not p for p in dotted.split(".")):
-        raise ConfigError(f"--set {item!r}: bad field name")
-    value = yaml.safe_load(raw) if raw else ""
+        raise ConfigError(f"{shown}: bad field name")
+    value = _parse_yaml(raw, shown) if raw else ""
+    _check_size(value, f"{shown}: {dotted}")
     if isinstance(value, str) and _looks_numeric(value):
         value = float(value)  # YAML 1.1 reads 1e-3 as a string
     return dotted, value
@@ -106,6 +128,7 @@ def _looks_numeric(text: str) -> bool:
 
 
 def _fix_yaml_floats(node: Any) -> Any:
+    """Scientific-notation strings -> floats, everywhere (sizes already checked)."""
     if isinstance(node, dict):
         return {k: _fix_yaml_floats(v) for k, v in node.items()}
     if isinstance(node, list):
@@ -136,22 +159,134 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        loaded = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text YAML file") from None
+    if "\x00" in text:
+        raise ConfigError(f"{p}: not a UTF-8 text YAML file (it has NUL bytes)")
+    loaded = _parse_yaml(text, str(p))
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
+    for key, value in (loaded or {}).items():
+        _check_size(value, f"{p}: {show_value(key)}")
     return _fix_yaml_floats(loaded or {})
 
 
-def _validate(doc: dict[str, Any], source: str) -> PipelineConfig:
+def _parse_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, every failure as one ConfigError line."""
     try:
-        return PipelineConfig.model_validate(doc)
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}{at}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        what = "a number with too many digits" if "digits" in str(e) else str(e)[:160]
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+
+
+MAX_VALUES = 100_000  # YAML aliases can make a recursive or exponentially big document
+
+
+def _check_size(node: Any, where: str) -> None:
+    """Refuse recursive or alias-exploded documents before anything walks them."""
+    count, stack = 0, [node]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_VALUES} values "
+                              f"(a recursive or repeated YAML alias?)")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+
+
+def _non_finite(node: Any, path: str) -> str | None:
+    """Path of the first NaN or infinity anywhere in a document (search included)."""
+    if isinstance(node, float):
+        return None if math.isfinite(node) else path
+    if isinstance(node, Mapping):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in node.items())
+    elif isinstance(node, list | tuple | set | frozenset):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(node))
+    else:
+        return None
+    for sub, value in items:
+        found = _non_finite(value, sub)
+        if found is not None:
+            return found
+    return None
+
+
+def _integral_ints(node: Any) -> Any:
+    """3.0 -> 3 everywhere: the strict pass then accepts it for int and float fields alike."""
+    if isinstance(node, dict):
+        return {k: _integral_ints(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_integral_ints(v) for v in node]
+    if isinstance(node, float) and node.is_integer():
+        return int(node)
+    return node
+
+
+_OPTIMIZER = TypeAdapter(OptimizerSettings)
+_FINETUNE = ("intermediate_finetune", "target_finetune")
+
+
+def _validate(doc: dict[str, Any], source: str) -> PipelineConfig:
+    """pydantic, then a strict pass (no str/bool coerced to a number, no int/str to a bool),
+    then bounds and cross-field rules (flows.validation). One ConfigError line on failure."""
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    bad = _non_finite(doc, "")
+    if bad is not None:
+        raise ConfigError(f"{source}: {one_line(bad)[:160]}: must be a finite number")
+    for stage in _FINETUNE:
+        opt = doc.get(stage, {}).get("optimizer") if isinstance(doc.get(stage), dict) else None
+        if isinstance(opt, dict) and "rule" in opt and not isinstance(opt["rule"], str | None):
+            # Adam-HD's defaulting looks the rule up in a dict before pydantic checks it
+            raise ConfigError(f"{source}: {stage}.optimizer.rule: must be 'additive' or "
+                              f"'multiplicative', got {show_value(opt['rule'])}")
+    try:
+        cfg = PipelineConfig.model_validate(doc)
+        strict_doc = _integral_ints(dict(doc))
+        PipelineConfig.model_validate(strict_doc, strict=True)
+        for stage in _FINETUNE:
+            raw = strict_doc.get(stage)
+            if isinstance(raw, dict) and isinstance(raw.get("optimizer"), dict):
+                try:
+                    _OPTIMIZER.validate_python(raw["optimizer"], strict=True)
+                except ValidationError as e:
+                    raise ConfigError(_message(e, source, (stage, "optimizer"))) from None
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ConfigError(f"{source}: {field}: {err['msg']}{more}") from None
+        raise ConfigError(_message(e, source)) from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:  # from a model validator
+        raise ConfigError(f"{source}: {str(e)[:200]}") from None
+    try:
+        check_values(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def _message(e: ValidationError, source: str, prefix: tuple[str, ...] = ()) -> str:
+    err = e.errors()[0]
+    parts = [*prefix, *(str(x) for x in err["loc"])]
+    field = ".".join(p if len(p) <= 60 else p[:57] + "..." for p in parts) or "(top level)"
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{source}: {field}: {err['msg']}{more}"
 
 
 def apply_values(cfg: PipelineConfig, values: list[tuple[str, Any]],
