@@ -54,8 +54,8 @@ def test_a_diverging_stage_fails_clearly_and_commits_nothing(prefect_api, tiny, 
 
     from stages.optim import NonFiniteLossError
 
-    tiny["target_finetune"]["optimizer"] = {"mode": "adamw", "lr": 1e30, "schedule": "constant",
-                                            "warmup": 0}
+    tiny["target_finetune"]["optimizer"] = {"mode": "adamw", "lr": 10.0, "schedule": "constant",
+                                            "warmup": 0, "beta2": 0.0, "eps": 1e-30}
     tiny["target_finetune"]["epochs"] = 3
     keys = [k for _, k, _ in stage_keys(load_config(doc=tiny))]
     with pytest.raises(NonFiniteLossError, match="step"):
