@@ -23,7 +23,8 @@ timeouts, so a Redis that goes away ends the run with one `LockError`
 naming the lock URL instead of a hang.
 
 `lock_manager(setting, lock_dir)` picks one from the `--locks` /
-`MEMOTUNE_LOCKS` setting: `file` (default) or a `redis://` URL.
+`MEMOTUNE_LOCKS` setting: `file` (default) or a `redis://` URL (lease
+length: $MEMOTUNE_LOCK_LEASE_S, default 30 s).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from prefect.locking.protocol import LockManager
 
 from cache.errors import LockError
 from cache.keys import redact
+from cache.lock_setting import check_lock_setting
 
 __all__ = ["FileLockManager", "RedisLeaseLockManager", "check_lock_setting", "lock_manager"]
 
@@ -170,7 +172,6 @@ class FileLockManager(LockManager):
 
 # --------------------------------------------------------------------------- Redis
 
-REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 REDIS_TIMEOUTS = {"socket_timeout": "5", "socket_connect_timeout": "5"}
 DEFAULT_LEASE_S = 30.0
 
@@ -283,20 +284,10 @@ class RedisLeaseLockManager(LockManager):
         return await anyio.to_thread.run_sync(self.wait_for_lock, key, timeout)
 
 
-def check_lock_setting(setting: str) -> str:
-    """`file` or a Redis URL; ValueError naming the setting otherwise."""
-    if setting == "file":
-        return setting
-    scheme = setting.split("://", 1)[0].lower() if "://" in setting else ""
-    if scheme not in REDIS_SCHEMES:
-        raise ValueError(f"--locks / MEMOTUNE_LOCKS: expected 'file' or a redis:// URL, "
-                         f"got {redact(setting)!r}")
-    return setting
-
-
 def lock_manager(setting: str | None, lock_dir: str | os.PathLike) -> LockManager:
     """The lock manager for a `--locks` / MEMOTUNE_LOCKS setting (None: file)."""
     setting = check_lock_setting(setting or "file")
     if setting == "file":
         return FileLockManager(lock_dir)
-    return RedisLeaseLockManager(setting)
+    lease = os.environ.get("MEMOTUNE_LOCK_LEASE_S")
+    return RedisLeaseLockManager(setting, float(lease) if lease else DEFAULT_LEASE_S)

@@ -19,12 +19,14 @@ written to the store at all.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.filesystems import WritableFileSystem
 from prefect.locking.protocol import LockManager
 from prefect.serializers import JSONSerializer
@@ -118,8 +120,15 @@ def result_storage(store: ArtifactStore) -> StoreRecords:
     block = _saved.get(store.url)
     if block is None:
         block = StoreRecords(store_url=store.url)
-        block.save("memotune-store-" + hashlib.sha256(store.url.encode()).hexdigest()[:16],
-                   overwrite=True)
+        name = "memotune-store-" + hashlib.sha256(store.url.encode()).hexdigest()[:16]
+        for attempt in range(5):
+            try:
+                block.save(name, overwrite=True)
+                break
+            except ObjectAlreadyExists:  # another run registered the type or block just now
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         _saved[store.url] = block
     return block
 

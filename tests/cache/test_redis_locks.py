@@ -18,12 +18,8 @@ from pathlib import Path
 import pytest
 
 from cache.errors import LockError
-from cache.locks import (
-    FileLockManager,
-    RedisLeaseLockManager,
-    check_lock_setting,
-    lock_manager,
-)
+from cache.lock_setting import check_lock_setting
+from cache.locks import FileLockManager, RedisLeaseLockManager, lock_manager
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "b" * 64
