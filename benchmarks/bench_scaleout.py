@@ -1,0 +1,90 @@
+"""Trials per hour of one study with 1 vs 2 Prefect workers (deployments/cluster.py).
+
+The same study (random tuner, same seed, same trial count, the offline default's
+search space on the tiny test-size pipeline) runs as flow runs of the pipeline
+deployment on a local cluster: Prefect server on Postgres, Redis locks, an S3
+store (moto), process workers with one torch thread each. First with one worker
+(`--parallel 1`, the second worker paused), then with two (`--parallel 2`),
+each on a fresh store prefix. Prints wall seconds, trials per hour and the ratio.
+
+    python benchmarks/bench_scaleout.py --trials 6
+
+On a 2-core machine the Prefect server, Postgres and the S3 server share the
+cores with the workers, so the ratio is a floor, not what separate hosts give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deployments.cluster import Cluster  # noqa: E402  (no Prefect import: env first)
+
+RESULTS = Path(__file__).with_name("RESULTS_scaleout.json")
+
+TINY = {
+    "device": "cpu",
+    "data_prep": {"builtin": {"n_train": 160, "n_validation": 100, "corpus_size": 300},
+                  "intermediate": {"n_examples": 120}, "max_length": 24, "guidance_min": 8},
+    "intermediate_finetune": {"epochs": 1, "model": {"builtin": {
+        "hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32}}},
+    "target_finetune": {"epochs": 1},
+    "search": {"target_finetune": {
+        "epochs": {"type": "int", "low": 1, "high": 3},
+        "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "intermediate_finetune": {"seed": {"type": "int", "low": 0, "high": 1}}},
+}
+
+
+def study(cluster: Cluster, name: str, trials: int, parallel: int) -> float:
+    from flows.config import load_config
+    from flows.tune import tune_flow
+
+    cfg = load_config(doc=TINY).model_dump(mode="json")
+    t0 = time.perf_counter()
+    result = tune_flow(f"{cluster.store_url}-{name}", name, config=cfg, tuner="random",
+                       budget=1e9, warmup=trials, seed=0, progress=False, max_trials=trials,
+                       deployment="memotune-pipeline/offline-default", parallel=parallel)
+    wall = time.perf_counter() - t0
+    assert len(result["trials"]) == trials
+    return wall
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=6)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="memotune-bench-") as tmp:
+        cluster = Cluster(root=Path(tmp), workers=2)
+        try:
+            cluster.start()
+            os.environ.update(cluster.client_env())
+            os.killpg(cluster.procs["worker-1"].pid, signal.SIGSTOP)
+            one = study(cluster, "one-worker", args.trials, parallel=1)
+            os.killpg(cluster.procs["worker-1"].pid, signal.SIGCONT)
+            two = study(cluster, "two-workers", args.trials, parallel=2)
+        finally:
+            cluster.stop()
+    rows = {"trials": args.trials, "one_worker_s": round(one, 1), "two_workers_s": round(two, 1),
+            "one_worker_trials_per_h": round(3600 * args.trials / one, 1),
+            "two_workers_trials_per_h": round(3600 * args.trials / two, 1),
+            "ratio": round(one / two, 2), "cores": os.cpu_count()}
+    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"| workers | wall s | trials/h |\n|---|---|---|\n"
+          f"| 1 | {rows['one_worker_s']} | {rows['one_worker_trials_per_h']} |\n"
+          f"| 2 | {rows['two_workers_s']} | {rows['two_workers_trials_per_h']} |\n"
+          f"2 workers / 1 worker: {rows['ratio']}x trials per hour "
+          f"({args.trials} trials, {os.cpu_count()} cores)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
