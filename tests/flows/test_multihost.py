@@ -192,3 +192,30 @@ def test_a_killed_worker_holding_a_lock_frees_it_after_the_lease(on_cluster):
     assert {s["name"]: s["status"] for s in rec["stages"]}["intermediate_finetune"] == "computed"
     problems = {k: v for k, v in store.verify_all().items() if v}
     assert all(v == ["no manifest (uncommitted garbage)"] for v in problems.values()), problems
+
+
+def test_a_parallel_study_on_two_workers_runs_each_trial_once(on_cluster):
+    """`memotune tune --deployment ... --parallel 2` with two workers on Redis locks."""
+    from flows.tune import tune_flow
+
+    cluster = on_cluster
+    doc = copy.deepcopy(TINY)
+    doc["search"] = {"target_finetune": {"epochs": {"type": "int", "low": 1, "high": 3},
+                                         "seed": {"type": "int", "low": 0, "high": 50}}}
+    cfg = load_config(doc=doc).model_dump(mode="json")
+    store_url = f"{cluster.store_url}-study"
+    result = tune_flow(store_url, "spread", config=cfg, tuner="random", budget=1e9, warmup=4,
+                       progress=False, max_trials=4, deployment=DEPLOYMENT, parallel=2)
+    trials = result["trials"]
+    assert sorted(t["id"] for t in trials) == [0, 1, 2, 3]
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
+    assert all(t["objective"] is not None for t in trials)
+    study = ArtifactStore(store_url).get_json("studies/spread/study.json")
+    assert len(study["trials"]) == 4 and study["tuner_state"]["pending"] == []
+    with get_client(sync_client=True) as client:
+        runs = [client.read_flow_run(t["flow_run_id"]) for t in trials]
+    assert all(r.state.is_completed() for r in runs)
+    # every trial ran once: one flow run per trial, each recorded once in the store
+    records = [ArtifactStore(store_url).get_json(n)
+               for n in ArtifactStore(store_url).list_docs("runs")]
+    assert sorted(r["run"] for r in records) == sorted(str(r.id) for r in runs)
