@@ -28,15 +28,18 @@ __all__ = [
     "canonical_json",
     "canonicalize",
     "check_key",
+    "fingerprint_inputs",
     "fingerprint_uris",
     "is_key",
     "redact",
     "source_hash",
     "stage_key",
+    "without_paths",
 ]
 
 KEY_SCHEMA = "memotune.stage_key/1"
 FINGERPRINT_SCHEMA = "memotune.data_fingerprint/1"
+INPUTS_SCHEMA = "memotune.data_inputs/1"
 HASH_LIMIT_BYTES = 256 * 2**20
 _CHUNK = 4 * 2**20
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
@@ -269,3 +272,42 @@ def fingerprint_uris(
             raise DataSourceError(uri)
         parts.append(files)
     return _sha256_text(canonical_json({"schema": FINGERPRINT_SCHEMA, "sources": parts}))
+
+
+def fingerprint_inputs(inputs: Mapping[str, Sequence[str]],
+                       storage_options: dict | None = None) -> str:
+    """Fingerprint of a stage's data inputs by role ({"target.train": [uris], ...}).
+
+    Each role's files are fingerprinted by content and relative names
+    (``fingerprint_uris``), so the dict order of the roles and where the files
+    sit do not matter. No inputs: the fingerprint of no files.
+    """
+    if not inputs:
+        return fingerprint_uris([], storage_options)
+    roles = {role: fingerprint_uris(list(uris), storage_options)
+             for role, uris in inputs.items()}
+    return _sha256_text(canonical_json({"schema": INPUTS_SCHEMA, "inputs": roles}))
+
+
+def without_paths(params: Any, inputs: Mapping[str, Sequence[str]]) -> Any:
+    """params with each input file's path or URL replaced by its role, for the key.
+
+    The data fingerprint already holds the files' content: with the paths
+    left in, the same data spelled as a relative path, an absolute one or in
+    another folder would get another key and recompute everything.
+    """
+    names = {uri: f"<{role}[{i}]>" for role, uris in inputs.items()
+             for i, uri in enumerate(uris)}
+    if not names:
+        return params
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [walk(v) for v in node]
+        if isinstance(node, str):
+            return names.get(node, node)
+        return node
+
+    return walk(params)

@@ -8,6 +8,7 @@ config runs it.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -147,7 +148,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """
     source = str(path) if path is not None else "built-in default"
     if doc is None:
-        doc = _read_yaml(path) if path is not None else {}
+        doc = _resolve_paths(_read_yaml(path), Path(path).parent) if path is not None else {}
     cfg = _validate(doc, source)
     if not overrides:
         return cfg
@@ -174,6 +175,36 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     for key, value in (loaded or {}).items():
         _check_size(value, f"{p}: {show_value(key)}")
     return _fix_yaml_floats(loaded or {})
+
+
+def _resolve_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative local paths in a config file are relative to the file's folder.
+
+    data_files always; tokenizer, model and generator names only when such a
+    path exists there (otherwise they are hub names). URLs are left alone.
+    """
+    def local(value: Any) -> bool:
+        return isinstance(value, str) and "://" not in value and not Path(value).is_absolute()
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return os.path.normpath(base.absolute() / value) if local(value) else value
+
+    prep = doc.get("data_prep")
+    if isinstance(prep, dict):
+        for source in ("target", "intermediate"):
+            node = prep.get(source)
+            if isinstance(node, dict) and isinstance(node.get("data_files"), dict):
+                node["data_files"] = {k: resolve(v) for k, v in node["data_files"].items()}
+        finetune = doc.get("intermediate_finetune")
+        model = finetune.get("model") if isinstance(finetune, dict) else None
+        for parent, name in ((prep, "tokenizer"), (prep.get("intermediate"), "generator"),
+                             (model, "name_or_path")):
+            if isinstance(parent, dict) and local(parent.get(name)) and \
+                    (base / parent[name]).exists():
+                parent[name] = resolve(parent[name])
+    return doc
 
 
 def _parse_yaml(text: str, where: str) -> Any:

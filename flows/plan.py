@@ -1,8 +1,9 @@
 """Plan: per-stage content keys and what is cached, with no I/O but lookups.
 
 The same function prices a candidate for the tuner (`memotune plan` shows it):
-key_k = sha256(stage name, version, code hash, params_k, key_{k-1}, and for
-data_prep the fingerprint of its data files).
+key_k = sha256(stage name, version, code hash, params_k, key_{k-1}, and the
+fingerprint of the data files the stage declares as inputs: their content, with
+their paths in params_k replaced by their roles).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import cache
 
-from cache.keys import fingerprint_uris, source_hash, stage_key
+from cache.keys import fingerprint_inputs, source_hash, stage_key, without_paths
 from cache.store import ArtifactStore, CorruptEntryError
 from flows.config import PipelineConfig
 from stages.base import Stage
@@ -41,11 +42,11 @@ def stage_keys(cfg: PipelineConfig) -> list[tuple[Stage, str, dict]]:
     upstream: str | None = None
     for stage in STAGES:
         params = cfg.stage_params(stage.name)
-        fingerprint = None
-        if stage.name == "data_prep":
-            fingerprint = fingerprint_uris(cfg.data_prep.data_uris())
+        inputs = stage.inputs(params) if stage.inputs else {}
+        fingerprint = fingerprint_inputs(inputs) if stage.inputs else None
         key = stage_key(stage=stage.name, version=stage.version, code_hash=code_hash(stage),
-                        params=params, upstream=upstream, data_fingerprint=fingerprint)
+                        params=without_paths(params, inputs), upstream=upstream,
+                        data_fingerprint=fingerprint)
         out.append((stage, key, params))
         upstream = key
     return out

@@ -30,6 +30,13 @@ class StageContext:
     device: str = "cpu"
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("memotune"))
     progress: bool = True
+    stage: str | None = None  # which stage and key this run computes: for labels only
+    key: str | None = None
+
+    def label(self, stage: str) -> str:
+        """'<stage> [<key prefix>]' for plot titles and messages (the key when known)."""
+        name = self.stage or stage
+        return f"{name} [{self.key[:12]}]" if self.key else name
 
 
 @dataclass
@@ -50,6 +57,8 @@ class Stage:
     `needs` names the earlier stages whose files `run` reads (their entries are
     fetched and verified before it starts); `code` lists the modules whose
     source goes into the stage's key, so editing them invalidates its cache.
+    `inputs` names the data files the stage reads, by role (e.g. "target.train"
+    -> [paths or URLs]): their content, not where they are, goes into its key.
     """
 
     name: str
@@ -58,3 +67,4 @@ class Stage:
     run: RunFn
     needs: tuple[str, ...] = ()
     code: tuple[ModuleType, ...] = ()
+    inputs: Callable[[Mapping[str, Any]], dict[str, list[str]]] | None = None

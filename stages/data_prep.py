@@ -307,5 +307,14 @@ def run(params: Mapping[str, Any], upstream: Mapping[str, Path], workdir: Path,
     return StageResult(metrics={k: float(v) for k, v in info["counts"].items()}, meta=info)
 
 
+def data_inputs(params: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The files data_prep reads, by role ("target.train", "intermediate.train", ...)."""
+    roles: dict[str, list[str]] = {}
+    for name in ("target", "intermediate"):
+        for split, files in (params[name].get("data_files") or {}).items():
+            roles[f"{name}.{split}"] = [files] if isinstance(files, str) else list(files)
+    return roles
+
+
 STAGE = Stage(name="data_prep", version="1", params_model=DataPrepParams, run=run,
-              needs=(), code=(sys.modules[__name__], builtin_world))
+              needs=(), code=(sys.modules[__name__], builtin_world), inputs=data_inputs)

@@ -65,3 +65,42 @@ def test_data_file_contents_are_in_the_data_prep_key(tmp_path):
     train.write_text("text,label\nthe cat,0\nthe dog,1\n")
     after = keys(load_config(overrides=over))
     assert all(a != b for a, b in zip(after, before, strict=True))
+
+
+def _csv_config(folder: Path, train: str, validation: str) -> Path:
+    cfg = folder / "cfg.yaml"
+    cfg.write_text("data_prep:\n  target:\n    source: csv\n"
+                   f"    data_files: {{train: {train}, validation: {validation}}}\n")
+    return cfg
+
+
+def _write_data(folder: Path, train: str = "text,label\na b,1\nc d,0\n") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.csv").write_text(train)
+    (folder / "dev.csv").write_text("text,label\ne f,1\ng h,0\n")
+
+
+def test_data_keys_follow_content_not_the_spelling_or_place_of_paths(tmp_path, monkeypatch):
+    """Relative paths resolve against the config file's folder; the same files under
+    another path, spelled absolute or relative, or listed in another order, give the
+    same data_prep key; different content gives another."""
+    a = tmp_path / "a"
+    _write_data(a / "data")
+    relative = keys(load_config(_csv_config(a, "data/train.csv", "data/dev.csv")))
+    monkeypatch.chdir(tmp_path)  # not where the config is: still found next to it
+    assert keys(load_config(_csv_config(a, "data/train.csv", "data/dev.csv"))) == relative
+    absolute = _csv_config(a, str(a / "data" / "train.csv"), str(a / "data" / "dev.csv"))
+    assert keys(load_config(absolute)) == relative
+    b = tmp_path / "elsewhere" / "b"
+    _write_data(b / "files")
+    assert keys(load_config(_csv_config(b, "files/train.csv", "files/dev.csv"))) == relative
+    swapped = b / "swapped.yaml"
+    swapped.write_text("data_prep:\n  target:\n    source: csv\n    data_files:\n"
+                       "      validation: files/dev.csv\n      train: files/train.csv\n")
+    assert keys(load_config(swapped)) == relative
+    c = tmp_path / "c"
+    _write_data(c / "data", train="text,label\na b,0\nc d,1\n")  # other labels
+    changed = keys(load_config(_csv_config(c, "data/train.csv", "data/dev.csv")))
+    assert changed[0] != relative[0]
+    roles = _csv_config(c, "data/dev.csv", "data/train.csv")  # train and dev swapped
+    assert keys(load_config(roles))[0] not in (relative[0], changed[0])
