@@ -7,6 +7,7 @@ config runs it.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -56,7 +57,9 @@ class PipelineConfig(BaseModel):
     intermediate_finetune: IntermediateParams = Field(default_factory=IntermediateParams)
     target_finetune: TargetParams = Field(default_factory=TargetParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
-    search: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=lambda: DEFAULT_SEARCH)
+    # empty unless given: a config for other data must not inherit the built-in
+    # example's space (load_config() with no file is that example, space included)
+    search: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
     @field_validator("search")
     @classmethod
@@ -91,6 +94,24 @@ def _plain_data(node: Any, path: str) -> None:
             _plain_data(v, f"{path}[{i}]")
     else:
         raise ValueError(f"{path}: {type(node).__name__} values are not allowed (plain YAML data only)")
+
+
+def starting_search(cfg: PipelineConfig) -> dict[str, dict[str, dict[str, Any]]]:
+    """A first `search:` section for cfg's stages (what `tune --init-search` prints):
+    each fine-tuning stage's lr within 10x of its value and its epochs within 2x,
+    and whether to run the intermediate task at all."""
+    search: dict[str, dict[str, dict[str, Any]]] = {}
+    for stage in ("intermediate_finetune", "target_finetune"):
+        params = cfg.stage_params(stage)
+        lr, epochs = float(params["optimizer"]["lr"]), int(params["epochs"])
+        space: dict[str, dict[str, Any]] = {}
+        if stage == "intermediate_finetune":
+            space["enabled"] = {"type": "categorical", "choices": [True, False]}
+        space["epochs"] = {"type": "int", "low": max(1, epochs // 2), "high": max(2, 2 * epochs)}
+        space["optimizer.lr"] = {"type": "float", "low": float(f"{lr / 10:.3g}"),
+                                 "high": float(f"{min(10.0, lr * 10):.3g}"), "log": True}
+        search[stage] = space
+    return search
 
 
 def set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
@@ -147,8 +168,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     out), so `--set target_finetune.optimizer.weight_decay=0.1` keeps the rest.
     """
     source = str(path) if path is not None else "built-in default"
-    if doc is None:
-        doc = _resolve_paths(_read_yaml(path), Path(path).parent) if path is not None else {}
+    if doc is None and path is None:
+        doc = {"search": copy.deepcopy(DEFAULT_SEARCH)}
+    elif doc is None:
+        doc = _resolve_paths(_read_yaml(path), Path(path).parent)
     cfg = _validate(doc, source)
     if not overrides:
         return cfg
