@@ -105,7 +105,12 @@ class StageKeyPolicy(CachePolicy):
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        return check_key(inputs[self.key_input])
+        key = check_key(inputs[self.key_input])
+        # Prefect 3 caches on the client and never fills TaskRun.cache_key; the server
+        # records it from the task run's state events, so the UI shows "Cache Key".
+        if task_ctx is not None and task_ctx.task_run is not None:
+            task_ctx.task_run.cache_key = key
+        return key
 
 
 _saved: dict[str, StoreRecords] = {}

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -36,13 +37,15 @@ ConfigArg = Annotated[str | None, typer.Argument(help="Pipeline YAML (default: t
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: stage.param=value (repeatable).")]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Store URL (file://, s3://, memory://); default $MEMOTUNE_STORE or ~/.memotune/store.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+LocksOpt = Annotated[str | None, typer.Option("--locks", help="Stage locks: 'file' (one host) or redis://host:port/db (several hosts); default $MEMOTUNE_LOCKS or file.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="On failure, show full tracebacks (Prefect's and memotune's).")]
 
 
 def store_url(store: str | None) -> str:
     return store or os.environ.get("MEMOTUNE_STORE") or str(DEFAULT_STORE)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """One line on stderr, exit 2. The message is plain text: never read as rich markup
     (a URL or a value may hold "[...]"), line breaks and control characters escaped."""
     from flows.validation import one_line
@@ -60,10 +63,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, StoreError, DataSourceError)
 
 
-def _prepare(config: str | None, overrides: list[str] | None, store: str | None):
-    """Validate config, data sources and store, in that order; raises user errors.
-
-    The store is opened (and a local one created) only once the rest is valid.
+def _prepare(config: str | None, overrides: list[str] | None, store: str | None,
+             check: Callable[[Any], None] | None = None):
+    """Validate config (and `check` it), data sources and store, in that order; raises
+    user errors. The store is opened (and a local one created) only once the rest is valid.
     """
     from cache.store import ArtifactStore
     from flows.config import load_config
@@ -71,16 +74,40 @@ def _prepare(config: str | None, overrides: list[str] | None, store: str | None)
     from flows.validation import check_sources
 
     cfg = load_config(config, overrides or [])
+    if check is not None:
+        check(cfg)
     check_sources(cfg)  # data files are files; model/tokenizer/dataset names resolve
     keys = stage_keys(cfg)  # fingerprints data files
     st = ArtifactStore.open(store_url(store))
     return cfg, st, plan(cfg, st, keys)
 
 
+def _locks(locks: str | None) -> str:
+    """The lock setting (--locks, else $MEMOTUNE_LOCKS, else file), checked."""
+    from cache.lock_setting import check_lock_setting
+
+    try:
+        return check_lock_setting(locks or os.environ.get("MEMOTUNE_LOCKS") or "file")
+    except ValueError as e:
+        fail(str(e))
+
+
+def fail_run(exc: BaseException, debug: bool) -> NoReturn:
+    """A failure during a run: one line naming the stage and the cause, exit 1."""
+    if debug:
+        raise exc
+    from flows.console import failure_line
+
+    err.print(Text.assemble(("error:", "bold red"), " ", failure_line(exc)),
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
 @app.command()
 def run(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
-        as_json: JsonOpt = False) -> None:
+        as_json: JsonOpt = False, locks: LocksOpt = None, debug: DebugOpt = False) -> None:
     """Run the pipeline once, reusing every cached stage."""
+    lock_setting = _locks(locks)
     try:
         cfg, st, _ = _prepare(config, set_, store)
     except _user_errors() as e:
@@ -88,9 +115,12 @@ def run(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
     _connect_prefect()
     from flows.pipeline import pipeline_flow
 
-    if as_json:
-        _quiet_prefect()
-    summary = pipeline_flow(cfg.model_dump(mode="json"), st.url, progress=not as_json)
+    _console_for_run(as_json, debug)
+    try:
+        summary = pipeline_flow(cfg.model_dump(mode="json"), st.url, progress=not as_json,
+                                locks=lock_setting)
+    except Exception as e:
+        fail_run(e, debug)
     if as_json:
         sys.stdout.write(json.dumps({k: summary[k] for k in ("objective", "metrics", "stages")}) + "\n")
         return
@@ -123,13 +153,20 @@ def plan(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
 
 
 def _stage_table(stages: list[dict[str, Any]], title: str) -> None:
-    table = Table(title=title)
-    for col in ("stage", "key", "status", "compute s", "load s"):
-        table.add_column(col)
-    for s in stages:
-        color = "green" if s["status"] == "cached" else "yellow"
-        table.add_row(s["name"], s["key"][:16], f"[{color}]{s['status']}[/]",
-                      f"{s['compute_s']:.2f}", f"{s['load_s']:.2f}")
+    from dashboard.records import StageRun
+
+    rows = [StageRun.model_validate(s) for s in stages]
+    table = Table(title=title, show_footer=True)
+    for col, foot in (("stage", "total"), ("key", ""),
+                      ("status", f"{sum(s.cached for s in rows)}/{len(rows)} cached"),
+                      ("compute s", f"{sum(s.compute_s for s in rows):.2f}"),
+                      ("load s", f"{sum(s.load_s for s in rows):.2f}"),
+                      ("saved s", f"{sum(s.saved_s for s in rows):.2f}")):
+        table.add_column(col, footer=foot)
+    for s in rows:
+        color = "green" if s.cached else "yellow"
+        table.add_row(s.name, s.key[:16], f"[{color}]{s.status}[/]",
+                      f"{s.compute_s:.2f}", f"{s.load_s:.2f}", f"{s.saved_s:.2f}")
     out.print(table)
 
 
@@ -168,6 +205,17 @@ def server_stop() -> None:
     out.print("stopped" if stop_server() else "no server started by memotune is running")
 
 
+def _console_for_run(as_json: bool, debug: bool) -> None:
+    """Prefect's console: no tracebacks (one line at the end says what failed) unless
+    --debug; with --json, warnings only (stdout carries the JSON object)."""
+    from flows.console import quiet_tracebacks
+
+    if not debug:
+        quiet_tracebacks()
+    if as_json:
+        _quiet_prefect()
+
+
 def _quiet_prefect() -> None:
     """--json: stdout carries one JSON object, so Prefect's console logs stay quiet."""
     import logging
@@ -188,10 +236,15 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
          plot: Annotated[Path | None, typer.Option(help="PNG of best objective vs budget (default: ./<study>.png).")] = None,
          deployment: Annotated[str | None, typer.Option(help="Run trials as flow runs of this pipeline deployment (e.g. memotune-pipeline/offline-default) on its work pool's workers.")] = None,
          parallel: Annotated[int, typer.Option(help="Trials in flight at once (needs --deployment).")] = 1,
-         as_json: JsonOpt = False) -> None:
+         as_json: JsonOpt = False, locks: LocksOpt = None, debug: DebugOpt = False,
+         init_search: Annotated[bool, typer.Option("--init-search", help="Print a starting `search:` section for the config's stages and exit.")] = False) -> None:
     """Tune the pipeline's `search:` space, reusing cached prefixes (a Prefect flow)."""
     from tuners import available_tuners
 
+    if init_search:
+        _print_starting_search(config, set_)
+        return
+    lock_setting = _locks(locks)
     if tuner not in available_tuners():
         fail(f"--tuner: unknown tuner {tuner!r} (choose from {', '.join(available_tuners())})")
     if budget <= 0:
@@ -203,8 +256,14 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
              "(see deployments/prefect.yaml)")
     if deployment is not None and deployment.count("/") != 1:
         fail(f"--deployment: expected 'flow-name/deployment-name', got {deployment!r}")
+    def has_search(cfg: Any) -> None:
+        if not cfg.search and resume is None:
+            fail(f"{config}: no `search:` section, so nothing to tune: add one "
+                 f"(`memotune tune {config} --init-search` prints a starting one for its "
+                 "stages; see the config reference)")
+
     try:
-        cfg, st, _ = _prepare(config, set_, store)
+        cfg, st, _ = _prepare(config, set_, store, check=has_search)
         from flows.study import StudyError, new_study_name, study_doc_name
 
         name = resume or study or new_study_name(cfg, tuner)
@@ -218,17 +277,18 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
     _connect_prefect()
     from flows.tune import check_deployment, plot_progress, shown_params, tune_flow
 
-    if as_json:
-        _quiet_prefect()
+    _console_for_run(as_json, debug)
     try:
         if deployment is not None:
             check_deployment(deployment)
         result = tune_flow(st.url, name, config=cfg.model_dump(mode="json"), tuner=tuner,
                            budget=budget, warmup=warmup, seed=seed, resume=resume is not None,
                            progress=not as_json, max_trials=max_trials,
-                           deployment=deployment, parallel=parallel)
+                           deployment=deployment, parallel=parallel, locks=lock_setting)
     except StudyError as e:
         fail(str(e))
+    except Exception as e:
+        fail_run(e, debug)
     png = plot_progress(result, plot or Path(f"{name}.png"))
     if as_json:
         sys.stdout.write(json.dumps({**result, "plot": str(png)}) + "\n")
@@ -243,18 +303,37 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
               f"resume with: memotune tune --resume {name}")
 
 
-def _trials_table(result: dict[str, Any]) -> None:
-    from flows.tune import shown_params
+def _print_starting_search(config: str | None, overrides: list[str] | None) -> None:
+    import yaml
 
-    table = Table(title=f"study {result['study']} ({result['tuner']})")
-    for col in ("trial", "params", "objective", "cached stages", "cost s", "spent s"):
-        table.add_column(col)
-    for x in result["trials"]:
-        params = "; ".join(", ".join(f"{k}={_short(v)}" for k, v in p.items()) for p in shown_params(x))
-        n_cached = sum(s["status"] == "cached" for s in x["stages"])
-        obj = f"{x['objective']:.4f}" if x["objective"] is not None else "failed"
-        table.add_row(str(x["id"]), params, obj, f"{n_cached}/{len(x['stages'])}",
-                      f"{sum(x['tuner_costs']):.1f}", f"{x['spent']:.0f}")
+    from flows.config import load_config, starting_search
+
+    try:
+        cfg = load_config(config, overrides or [])
+    except _user_errors() as e:
+        fail(str(e))
+    sys.stdout.write("# a starting point: narrow or widen the ranges, add params "
+                     "(dotted names reach nested ones)\n")
+    sys.stdout.write(yaml.safe_dump({"search": starting_search(cfg)}, sort_keys=False))
+
+
+def _trials_table(result: dict[str, Any]) -> None:
+    from dashboard.records import Trial
+
+    trials = [Trial.model_validate(x) for x in result["trials"]]
+    table = Table(title=f"study {result['study']} ({result['tuner']})", show_footer=True)
+    n_reused, n_stages = sum(x.n_reused for x in trials), sum(len(x.stages) for x in trials)
+    for col, foot in (("trial", "total"), ("params", ""), ("objective", ""),
+                      ("cached stages", f"{n_reused}/{n_stages}"),
+                      ("cost s", f"{sum(x.cost_s for x in trials):.1f}"),
+                      ("saved s", f"{sum(x.saved_s for x in trials):.1f}"),
+                      ("spent s", f"{result['spent']:.0f}")):
+        table.add_column(col, footer=foot)
+    for x in trials:
+        params = "; ".join(", ".join(f"{k}={_short(v)}" for k, v in p.items()) for p in x.shown_params)
+        obj = f"{x.objective:.4f}" if x.objective is not None else "failed"
+        table.add_row(str(x.id), params, obj, f"{x.n_reused}/{len(x.stages)}",
+                      f"{x.cost_s:.1f}", f"{x.saved_s:.1f}", f"{x.spent:.0f}")
     out.print(table)
 
 
@@ -289,30 +368,45 @@ def cache_ls(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
                                       "compute_s": m.compute_s, "created": m.created}
                                      for m in entries]) + "\n")
         return
-    table = Table(title=f"{len(entries)} entries")
-    for col in ("stage", "key", "size", "compute s", "created"):
-        table.add_column(col)
+    table = Table(title=f"{len(entries)} entries", show_footer=True)
+    for col, foot in (("stage", "total"), ("key", f"{len(entries)} entries"),
+                      ("size", _human(sum(m.total_bytes for m in entries))),
+                      ("compute s", f"{sum(m.compute_s for m in entries):.2f}"), ("created", "")):
+        table.add_column(col, footer=foot)
     for m in entries:
         table.add_row(m.stage, m.key[:16], _human(m.total_bytes), f"{m.compute_s:.2f}",
                       datetime.fromtimestamp(m.created).strftime("%Y-%m-%d %H:%M:%S"))
     out.print(table)
 
 
+@app.command()
+def dashboard(store: StoreOpt = None,
+              port: Annotated[int, typer.Option(help="Port to serve on.")] = 8765,
+              host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0: every interface).")] = "127.0.0.1") -> None:
+    """The reuse dashboard in the browser: studies, trials, reuse tree, cache (read-only)."""
+    from dashboard.app import serve
+
+    try:
+        serve(store_url(store), host=host, port=port)
+    except _user_errors() as e:
+        fail(str(e))
+
+
 @cache_app.command("verify")
 def cache_verify(store: StoreOpt = None) -> None:
-    """Check every entry's files against its manifest (sizes and sha256).
+    """Check every entry against its manifest (sizes and sha256) and every Prefect record.
 
-    Exit 1 when a committed entry is damaged. Leftovers of killed runs
-    (uncommitted files, orphan Prefect records) are not entries: they are
-    listed for `memotune cache gc` and do not fail the check.
+    Exit 1 on damage: a damaged file or manifest, a damaged, orphaned or stray
+    object under prefect/. Uncommitted files of killed runs are not entries:
+    they are listed for `memotune cache gc` and do not fail the check.
     """
-    from cache.store import ArtifactStore, StoreError
+    from cache.store import GARBAGE, ArtifactStore, StoreError
 
     try:
         problems = ArtifactStore.open(store_url(store), create=False).verify_all()
     except StoreError as e:
         fail(str(e))
-    leftovers = {k for k, v in problems.items() if v and all(_is_leftover(i) for i in v)}
+    leftovers = {k for k, v in problems.items() if v == [GARBAGE]}
     bad = {k: v for k, v in problems.items() if v and k not in leftovers}
     for key, issues in bad.items():
         for issue in issues:
@@ -322,10 +416,6 @@ def cache_verify(store: StoreOpt = None) -> None:
     entries = len(problems) - len(leftovers)
     out.print(f"{entries} entries checked, {len(bad)} damaged, {len(leftovers)} leftovers")
     raise typer.Exit(1 if bad else 0)
-
-
-def _is_leftover(issue: str) -> bool:
-    return "uncommitted garbage" in issue or "(orphan)" in issue
 
 
 @cache_app.command("gc")
@@ -347,7 +437,10 @@ def cache_gc(store: StoreOpt = None,
         fail(str(e))
     verb = "would remove" if dry_run else "removed"
     out.print(f"{verb} {len(report.removed_garbage)} uncommitted, "
-              f"{len(report.removed_entries)} entries, {_human(report.freed_bytes)}")
+              f"{len(report.removed_entries)} entries, {len(report.removed_records)} stray or "
+              f"damaged Prefect records, {_human(report.freed_bytes)}"
+              + (f"; kept {len(report.kept_leased)} in use by running pipelines"
+                 if report.kept_leased else ""))
 
 
 def _parse_size(text: str) -> int:

@@ -78,7 +78,7 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
             fetch_s[need] = time.perf_counter() - t0
         workdir = Path(tmp) / "out"
         workdir.mkdir()
-        ctx = StageContext(device=device, logger=logger, progress=progress)
+        ctx = StageContext(device=device, logger=logger, progress=progress, stage=stage, key=key)
         t0 = time.perf_counter()
         result = spec.run(params, upstream, workdir, ctx)
         compute_s = time.perf_counter() - t0
@@ -213,6 +213,10 @@ def _publish_reuse(rows: list[dict[str, Any]]) -> None:
     table = [{"stage": r["name"], "key": r["key"][:12], "status": r["status"],
               "seconds_spent": round(r["compute_s"] + r["load_s"], 3),
               "seconds_saved": _saved_s(r)} for r in rows]
+    table.append({"stage": "total", "key": "",
+                  "status": f"{sum(r['status'] == 'cached' for r in rows)}/{len(rows)} cached",
+                  "seconds_spent": round(sum(t["seconds_spent"] for t in table), 3),
+                  "seconds_saved": round(sum(t["seconds_saved"] for t in table), 3)})
     try:
         create_table_artifact(table=table, key="stage-reuse",
                               description="Per stage: computed or reused from the cache")

@@ -21,20 +21,25 @@ first on resume.
 
 from __future__ import annotations
 
+import re
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.artifacts import (
+    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
 
 from cache.store import ArtifactStore
+from dashboard.records import StudyRecord, round_sig
 from flows.config import PipelineConfig, apply_params, load_config
 from flows.pipeline import pipeline_flow
 from flows.study import StudyError, study_doc_name
@@ -112,6 +117,7 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
         raise StudyError(f"no study {study!r} in {store_url}")
     if not (resume or extend) and store.get_json(doc_name) is not None:
         raise StudyError(f"study {study!r} exists in {store_url}: use --resume {study}")
+    saved_budget = doc["budget"] if doc is not None else None  # a resumed study's, as stored
     if doc is None:
         doc = {"study": study, "config": config, "tuner": tuner, "budget": budget,
                "warmup": warmup, "seed": seed, "trials": [], "tuner_state": None}
@@ -129,9 +135,11 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
         t.budget = float(doc["budget"])
     trials: list[dict[str, Any]] = doc["trials"]
 
-    progress_id = create_progress_artifact(progress=_percent(t.spent, t.budget),
-                                           description=f"study {study}: budget spent")
-    run = _runner(deployment, store_url, study, progress, lock_dir, locks)
+    doc["stage_names"] = list(space.stage_names)
+    keys = ArtifactKeys.of(study)
+    progress_id = create_progress_artifact(progress=_percent(t.spent, t.budget), key=keys.progress,
+                                           description=_progress_note(study, trials, t))
+    run = _runner(deployment, store_url, study, progress, lock_dir, locks, tuner=doc["tuner"])
     resubmit = sorted(t.pending.values(), key=lambda c: c.id)  # in flight when it stopped
     inflight: dict[Future[dict[str, Any]], tuple[Candidate, list[dict[str, Any]]]] = {}
 
@@ -140,36 +148,70 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
         return (len(inflight) < parallel and t.spent < t.budget
                 and (max_trials is None or n < max_trials))
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        submit = pool.submit if deployment is not None else _run_here
-        while True:
-            while room():
-                cand = resubmit.pop(0) if resubmit else t.ask(cache_view(store, trials, groups))
-                run_cfg = candidate_config(cfg, space, cand)
-                active = [space.active_params(k, p) for k, p in enumerate(cand.params)]
-                logger.info("trial %d: %s (reusing %d cached stages by choice)", cand.id,
-                            active, cand.prefix_depth)
-                inflight[submit(run, cand, run_cfg.model_dump(mode="json"))] = (cand, active)
-            if not inflight:
-                break
-            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: inflight[f][0].id):
-                cand, active = inflight.pop(fut)
-                summary = fut.result()
-                costs, cached = groups.fold(summary["stages"])
-                t.tell(cand, summary["objective"], costs, cached)
-                trials.append({
-                    "id": cand.id, "params": cand.params, "active_params": active,
-                    "prefix_depth": cand.prefix_depth, "objective": summary["objective"],
-                    "metrics": summary["metrics"], "stages": summary["stages"],
-                    "adapted": summary["adapted"], "tuner_costs": costs,
-                    "tuner_cached": cached, "spent": t.spent,
-                    "flow_run": summary.get("flow_run"),
-                    "flow_run_id": summary.get("flow_run_id")})
-                doc["tuner_state"] = t.state_dict()
-                store.put_json(doc_name, doc)  # one put: the study is whole or not written
-                update_progress_artifact(progress_id, progress=_percent(t.spent, t.budget))
-    _publish_trials(trials, space)
+    n_before = len(trials)
+
+    def save(status: str, reason: str | None = None) -> None:
+        doc.update(status=status, ended_reason=reason, updated=time.time())
+        out = doc
+        if saved_budget is not None and len(trials) == n_before:
+            # no trial told yet: a resumed/extended study keeps its stored budget, so a run
+            # that dies before its first trial does not extend it twice
+            out = {**doc, "budget": saved_budget}
+        store.put_json(doc_name, out)  # one put: the study is whole or not written
+
+    def told(cand: Candidate, active: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+        costs, cached = groups.fold(summary["stages"])
+        t.tell(cand, summary["objective"], costs, cached)
+        trial = {"id": cand.id, "params": cand.params, "active_params": active,
+                 "prefix_depth": cand.prefix_depth, "objective": summary["objective"],
+                 "metrics": summary["metrics"], "stages": summary["stages"],
+                 "adapted": summary["adapted"], "tuner_costs": costs,
+                 "tuner_cached": cached, "spent": t.spent,
+                 "flow_run": summary.get("flow_run"),
+                 "flow_run_id": summary.get("flow_run_id")}
+        state = t.state_dict()
+        trials.append(trial)
+        doc["tuner_state"] = state
+        save("running")
+        # the Prefect UI's view of the study, after every trial
+        update_progress_artifact(progress_id, progress=_percent(t.spent, t.budget),
+                                 description=_progress_note(study, trials, t))
+        _publish_trials(StudyRecord.model_validate(doc), keys)
+
+    save("running")  # the dashboard shows the study from now on
+    try:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            submit = pool.submit if deployment is not None else _run_here
+            while True:
+                while room():
+                    cand = resubmit.pop(0) if resubmit else t.ask(cache_view(store, trials, groups))
+                    run_cfg = candidate_config(cfg, space, cand)
+                    active = [space.active_params(k, p) for k, p in enumerate(cand.params)]
+                    logger.info("trial %d: %s (reusing %d cached stages by choice)", cand.id,
+                                active, cand.prefix_depth)
+                    inflight[submit(run, cand, run_cfg.model_dump(mode="json"))] = (cand, active)
+                if not inflight:
+                    break
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: inflight[f][0].id):
+                    cand, active = inflight.pop(fut)
+                    told(cand, active, fut.result())
+    except BaseException as e:
+        try:  # the study as of its last trial, marked as stopped (it resumes the same)
+            save("failed", f"{type(e).__name__}: {e}"[:500])
+            _publish_end(doc, t, keys, progress_id,
+                         f"stopped after {len(trials)} trials ({type(e).__name__}); the study "
+                         f"is saved: resume it with --resume {study}")
+        except Exception as again:  # e.g. the store is what failed: report the first error
+            logger.warning("could not record that study %s stopped: %s", study, again)
+        raise
+    if max_trials is not None and len(trials) >= max_trials and t.spent < t.budget:
+        reason = (f"finished: max_trials={max_trials} reached, "
+                  f"{_percent(t.spent, t.budget):g}% of the {t.budget:.0f} s budget spent")
+    else:
+        reason = f"finished: budget spent ({t.spent:.0f} of {t.budget:.0f} s)"
+    save("finished", reason)
+    _publish_end(doc, t, keys, progress_id, reason)
     best = max((x for x in trials if x["objective"] is not None), key=lambda x: x["objective"],
                default=None)
     return {"study": study, "tuner": doc["tuner"], "budget": t.budget, "spent": t.spent,
@@ -179,21 +221,49 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
 RunTrial = Callable[[Candidate, dict[str, Any]], dict[str, Any]]
 
 
+def trial_run_name(study: str, trial: int) -> str:
+    """The flow run name of a study's trial: `<study>-<trial>`."""
+    return f"{study}-{trial}"
+
+
+def trial_tags(study: str, tuner: str, trial: int) -> list[str]:
+    """Tags of a trial's flow run (and its task runs): filter the Prefect UI by study."""
+    return [f"study:{study}", f"tuner:{tuner}", f"trial:{trial}"]
+
+
 def _runner(deployment: str | None, store_url: str, study: str, progress: bool,
-            lock_dir: str | None, locks: str | None = None) -> RunTrial:
-    """How one trial runs: a pipeline subflow here, or a flow run of `deployment`."""
+            lock_dir: str | None, locks: str | None = None, tuner: str = "?") -> RunTrial:
+    """How one trial runs: a pipeline subflow here, or a flow run of `deployment`.
+
+    Either way the trial's flow run is named `<study>-<trial>` and tagged with the
+    study, tuner and trial, and takes no input from an earlier trial's run.
+    """
     if deployment is None:
         def here(cand: Candidate, config: dict[str, Any]) -> dict[str, Any]:
-            return pipeline_flow(config, store_url, progress=progress, lock_dir=lock_dir,
-                                 locks=locks)
+            name = trial_run_name(study, cand.id)
+            with tags(*trial_tags(study, tuner, cand.id)):
+                # return_state: Prefect links a subflow's returned value (and its items) to
+                # that run by id() in the tune flow's context, and a later trial's
+                # parameters can reuse a freed one's id: the next trial's run then records
+                # a `flow_run` task input from this one (a false dependency, which the
+                # Prefect UI's Task runs list cannot parse). A returned state is not linked.
+                state = pipeline_flow.with_options(flow_run_name=name)(
+                    config, store_url, progress=progress, lock_dir=lock_dir, locks=locks,
+                    return_state=True)
+            return {**state.result(), "flow_run": name}
 
         return here
 
+    from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
 
     check_deployment(deployment)
     store = ArtifactStore(store_url)
+    # One flow-run creation at a time: a SQLite-backed Prefect API answers 503 to
+    # simultaneous ones and the client then backs off 2, 4, 8... seconds, which
+    # delays a parallel trial by up to a minute. Waiting for runs is not serialized.
+    creating = threading.Lock()
 
     def on_pool(cand: Candidate, config: dict[str, Any]) -> dict[str, Any]:
         doc = f"studies/{study}/runs/{cand.id}.json"
@@ -201,8 +271,14 @@ def _runner(deployment: str | None, store_url: str, study: str, progress: bool,
                   "summary_doc": doc}
         if locks is not None:  # else the workers' own MEMOTUNE_LOCKS
             params["locks"] = locks
-        fr = run_deployment(deployment, parameters=params,
-                            timeout=None, poll_interval=2)
+        with creating:
+            fr = run_deployment(deployment, parameters=params, timeout=0,
+                                flow_run_name=trial_run_name(study, cand.id),
+                                tags=trial_tags(study, tuner, cand.id))
+        with get_client(sync_client=True) as client:
+            while fr.state is None or not fr.state.is_final():
+                time.sleep(2)
+                fr = client.read_flow_run(fr.id)
         state = fr.state
         if state is None or state.type != StateType.COMPLETED:
             raise RuntimeError(f"trial {cand.id}: flow run {fr.name!r} of {deployment!r} ended "
@@ -248,40 +324,118 @@ def _percent(spent: float, budget: float) -> float:
     return round(min(100.0, 100.0 * spent / budget), 1)
 
 
-def _publish_trials(trials: list[dict[str, Any]], space: SearchSpace) -> None:
+@dataclass(frozen=True)
+class ArtifactKeys:
+    """Per-study Prefect artifact keys (lowercase letters, digits and dashes only)."""
+
+    trials: str
+    progress: str
+    summary: str
+
+    @classmethod
+    def of(cls, study: str) -> ArtifactKeys:
+        slug = re.sub(r"[^a-z0-9-]+", "-", study.lower()).strip("-") or "study"
+        return cls(f"tune-trials-{slug}", f"tune-progress-{slug}", f"tune-summary-{slug}")
+
+
+def _progress_note(study: str, trials: list[dict[str, Any]], t: Any) -> str:
+    return (f"study {study}: {len(trials)} trials, {t.spent:.0f} of {t.budget:.0f} s "
+            f"of stage time spent")
+
+
+def _publish_trials(rec: StudyRecord, keys: ArtifactKeys) -> None:
+    """The trials table: every param any trial had (the union), numbers to 4 digits."""
+    columns = rec.param_columns()
     rows = []
-    for x in trials:
-        row: dict[str, Any] = {"trial": x["id"]}
-        for name, params in zip(space.stage_names, shown_params(x), strict=True):
-            row.update({f"{name}.{k}": v for k, v in params.items()})
-        row.update(objective=x["objective"], cached_stages=sum(s["status"] == "cached"
-                                                               for s in x["stages"]),
-                   cost_s=round(sum(x["tuner_costs"]), 2), spent_s=round(x["spent"], 1))
+    for x in rec.trials:
+        params = x.flat_params(rec.tuned_stages)
+        row: dict[str, Any] = {"trial": x.id, "flow_run": x.flow_run or ""}
+        row.update({c: round_sig(params[c]) if c in params else "" for c in columns})
+        row.update(objective=round_sig(x.objective) if x.objective is not None else "failed",
+                   reused_stages=f"{x.n_reused}/{len(x.stages)}",
+                   cost_s=round_sig(x.cost_s), saved_s=round_sig(x.saved_s),
+                   spent_s=round_sig(x.spent))
         rows.append(row)
-    create_table_artifact(table=rows, key="tune-trials", description="Trials of this study")
+    create_table_artifact(table=rows, key=keys.trials,
+                          description=f"Trials of study {rec.study} ({rec.tuner})")
+
+
+def _summary_markdown(rec: StudyRecord, reason: str) -> str:
+    best = rec.best
+    hit = f"{rec.hit_rate:.0%}" if rec.hit_rate is not None else "-"
+    lines = [f"# Study {rec.study}", "", reason, "",
+             "| | |", "|---|---|",
+             f"| tuner | {rec.tuner} |",
+             f"| trials | {len(rec.trials)} |",
+             f"| stage seconds spent | {rec.spent:.1f} of {rec.budget:.0f} |",
+             f"| seconds saved by reuse | {rec.saved_s:.1f} |",
+             f"| cache hit rate (stage runs reused) | {hit} ({sum(x.n_reused for x in rec.trials)}"
+             f" of {rec.stage_rows}) |"]
+    if best is not None:
+        params = ", ".join(f"{k}={round_sig(v)}" for k, v in
+                           best.flat_params(rec.tuned_stages).items())
+        lines.append(f"| best | trial {best.id}: {round_sig(best.objective)} ({params}) |")
+    return "\n".join(lines)
+
+
+def _publish_end(doc: dict[str, Any], t: Any, keys: ArtifactKeys, progress_id: Any,
+                 reason: str) -> None:
+    """At the end of a study: the progress artifact says why, the summary artifact."""
+    rec = StudyRecord.model_validate(doc)
+    done = reason.startswith("finished")
+    update_progress_artifact(progress_id, progress=100.0 if done else _percent(t.spent, t.budget),
+                             description=f"study {rec.study}: {reason}")
+    create_markdown_artifact(markdown=_summary_markdown(rec, reason), key=keys.summary,
+                             description=f"Study {rec.study}: spent, saved, hit rate, best")
+
+
+REUSE_COLORS = ("#e45756", "#f58518", "#eeca3b", "#72b7b2", "#54a24b")  # 0..4 stages reused
 
 
 def plot_progress(result: dict[str, Any], path: Path) -> Path:
-    """Best objective against spent budget (PNG)."""
-    import matplotlib
+    """Every trial's objective and the best so far against spent budget (PNG).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Each trial is a point at the budget spent after it, colored by how many of
+    its stages were reused from the cache (a fully cached trial costs almost
+    nothing, so it sits right after the trial before it) and labeled with its id.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    xs, ys, best = [], [], float("-inf")
-    for x in result["trials"]:
-        if x["objective"] is not None:
-            best = max(best, x["objective"])
-        xs.append(x["spent"])
-        ys.append(best)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.step(xs, ys, where="post", marker="o", ms=3)
+    rec = StudyRecord.model_validate({"study": result["study"], "tuner": result["tuner"],
+                                      "budget": result.get("budget", 0.0),
+                                      "trials": result["trials"],
+                                      "stage_names": result.get("stage_names")})
+    fig = Figure(figsize=(7, 4.2), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    best = rec.best_so_far()
+    steps = [(x.spent, b) for x, b in zip(rec.trials, best, strict=True) if b is not None]
+    if steps:
+        ax.step([x for x, _ in steps], [b for _, b in steps], where="post", color="#4c78a8",
+                lw=1.5, zorder=2, label="best so far")
+    n_stages = max((len(x.stages) for x in rec.trials), default=4)
+    for x in rec.trials:
+        if x.objective is None:
+            continue
+        color = REUSE_COLORS[min(x.n_reused, len(REUSE_COLORS) - 1)]
+        ax.scatter([x.spent], [x.objective], s=42, color=color, edgecolor="#333", lw=0.6,
+                   marker="D" if x.n_reused == len(x.stages) else "o", zorder=3)
+        ax.annotate(str(x.id), (x.spent, x.objective), xytext=(4, 4),
+                    textcoords="offset points", fontsize=7, color="#444")
+    handles = [Line2D([], [], color="#4c78a8", lw=1.5, label="best so far")]
+    handles += [Line2D([], [], ls="", marker="D" if k == n_stages else "o", markersize=6,
+                       color=REUSE_COLORS[min(k, len(REUSE_COLORS) - 1)], markeredgecolor="#333",
+                       label=f"{k}/{n_stages} stages reused")
+                for k in sorted({x.n_reused for x in rec.trials})]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.set_xlabel("budget spent (stage seconds)")
-    ax.set_ylabel("best objective")
-    ax.set_title(f"{result['study']} ({result['tuner']})")
+    ax.set_ylabel("objective (each trial) / best so far")
+    ax.set_title(f"study {rec.study} ({rec.tuner}): {len(rec.trials)} trials, "
+                 f"{rec.saved_s:.0f} s saved by reuse", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -21,6 +21,8 @@ from stages.base import Stage, StageContext, StageResult
 from stages.data_prep import read_table
 from stages.training import FinetuneParams, ModelSpec
 
+INTERMEDIATE_NAME, TARGET_NAME = "intermediate_finetune", "target_finetune"
+
 
 class IntermediateParams(FinetuneParams):
     epochs: int = Field(default=4, gt=0)
@@ -56,7 +58,7 @@ def run_intermediate(params: Mapping[str, Any], upstream: Mapping[str, Path], wo
     guide = {k: v[-n_guide:] for k, v in cols.items()}
     train = {k: v[:-n_guide] for k, v in cols.items()}
     report = training.train(model, train, p, ctx, guide=guide, desc="intermediate")
-    summary = training.save_outputs(model, report, workdir)
+    summary = training.save_outputs(model, report, workdir, ctx.label(INTERMEDIATE_NAME))
     return StageResult(metrics={"train_loss": report.final_loss}, meta={"enabled": True, **summary})
 
 
@@ -73,7 +75,7 @@ def run_target(params: Mapping[str, Any], upstream: Mapping[str, Path], workdir:
     train = training.to_tensors(read_table(data_dir / "target_train.parquet"), ctx.device)
     guide = training.to_tensors(read_table(data_dir / "guidance.parquet"), ctx.device)
     report = training.train(model, train, p, ctx, guide=guide, desc="target")
-    summary = training.save_outputs(model, report, workdir)
+    summary = training.save_outputs(model, report, workdir, ctx.label(TARGET_NAME))
     return StageResult(metrics={"train_loss": report.final_loss}, meta=summary)
 
 
@@ -89,7 +91,7 @@ def _optim_modules() -> tuple:
 
 
 _CODE = (sys.modules[__name__], training, *_optim_modules())
-INTERMEDIATE = Stage(name="intermediate_finetune", version="1", params_model=IntermediateParams,
+INTERMEDIATE = Stage(name=INTERMEDIATE_NAME, version="1", params_model=IntermediateParams,
                      run=run_intermediate, needs=("data_prep",), code=_CODE)
-TARGET = Stage(name="target_finetune", version="1", params_model=TargetParams, run=run_target,
+TARGET = Stage(name=TARGET_NAME, version="1", params_model=TargetParams, run=run_target,
                needs=("data_prep", "intermediate_finetune"), code=_CODE)

@@ -8,6 +8,7 @@ does one step per batch, whatever the mode, and records the trajectory.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -151,12 +152,42 @@ def train(model: torch.nn.Module, data: Mapping[str, torch.Tensor], p: FinetuneP
                        summary=runner.trajectory.summary())
 
 
+def log_console(logger: Any) -> Any:
+    """The rich Console that `logger`'s records are printed on, if one is (else None).
+
+    Prefect's console handler (like rich's RichHandler) prints through its own
+    Console, bound to the real stderr when logging was configured. A progress
+    bar on another Console is redrawn on the same terminal lines as those log
+    lines, and both garble; on the handler's own Console, rich prints each log
+    line above the live bar. Found by walking the logger's handlers (a
+    LoggerAdapter's logger first), so the stage needs no Prefect import.
+    """
+    from rich.console import Console
+
+    lg = getattr(logger, "logger", logger)
+    while isinstance(lg, logging.Logger):
+        for h in lg.handlers:
+            console = getattr(h, "console", None)
+            if isinstance(console, Console):
+                return console
+        if not lg.propagate:
+            break
+        lg = lg.parent
+    return None
+
+
 class _progress:
-    """A rich progress bar when asked for, else nothing (tests, --json)."""
+    """A rich progress bar when asked for, else nothing (tests, --json).
+
+    The bar shares the Console of the logger's console handler (`log_console`),
+    so log lines print above it instead of over it; the loss column is empty
+    until the first step has one.
+    """
 
     def __init__(self, ctx: StageContext, desc: str, total: int):
         self.ctx, self.desc, self.total = ctx, desc, total
         self.bar: Any = None
+        self.themed: Any = None
 
     def __enter__(self):
         if self.ctx.progress:
@@ -168,25 +199,42 @@ class _progress:
                 TimeElapsedColumn,
                 TimeRemainingColumn,
             )
+            from rich.theme import Theme
 
+            console = log_console(self.ctx.logger)
+            if console is not None:  # Prefect's theme has only its log styles: add the bar's
+                console.push_theme(Theme(_bar_styles()))
+                self.themed = console
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-                                TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
+                                MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
+                                console=console)
             self.bar.start()
-            self.task = self.bar.add_task(self.desc, total=self.total, loss=float("nan"))
-            return lambda loss: self.bar.update(self.task, advance=1, loss=loss)
+            self.task = self.bar.add_task(self.desc, total=self.total, loss="")
+            return lambda loss: self.bar.update(self.task, advance=1, loss=f"loss {loss:.4f}")
         return lambda loss: None
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+        if self.themed is not None:
+            self.themed.pop_theme()
 
 
-def save_outputs(model: torch.nn.Module, report: TrainReport, workdir: Path) -> dict[str, Any]:
-    """Checkpoint (safetensors), trajectory JSON + PNG, training summary."""
+def _bar_styles() -> dict[str, Any]:
+    """rich's default styles for progress bars (bar.*, progress.*)."""
+    from rich.default_styles import DEFAULT_STYLES
+
+    return {k: v for k, v in DEFAULT_STYLES.items() if k.startswith(("bar.", "progress."))}
+
+
+def save_outputs(model: torch.nn.Module, report: TrainReport, workdir: Path,
+                 label: str | None = None) -> dict[str, Any]:
+    """Checkpoint (safetensors), trajectory JSON + PNG (titled with `label`: the stage
+    and its key), training summary."""
     model.save_pretrained(workdir / "checkpoint")
     (workdir / "trajectory.json").write_text(json.dumps(report.trajectory))
-    plot_trajectory(report.trajectory, workdir / "trajectory.png")
+    plot_trajectory(report.trajectory, workdir / "trajectory.png", label=label)
     summary = {"steps": report.steps, "train_seconds": report.seconds,
                "samples_per_s": report.samples_per_s, "final_loss": report.final_loss,
                "forward_passes": report.forward_passes, **report.summary}

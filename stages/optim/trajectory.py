@@ -137,8 +137,10 @@ class Trajectory:
         return out
 
 
-def plot_trajectory(traj: Mapping[str, Any], path: Path) -> Path:
+def plot_trajectory(traj: Mapping[str, Any], path: Path, label: str | None = None) -> Path:
     """Draw a trajectory dict (``Trajectory.to_dict()``) to a PNG and return its path.
+
+    ``label`` names what trained (e.g. the stage and its key): it heads the title.
 
     Panels: learning rate per group vs step (log scale when positive); for the
     line-search modes the accepted step size with the trial count on a second
@@ -203,7 +205,8 @@ def plot_trajectory(traj: Mapping[str, Any], path: Path) -> Path:
             ax.plot(xs, ys, color="k", lw=0.8)
             ax.set_ylabel("training loss")
     axes[-1].set_xlabel("step")
-    fig.suptitle(f"in-stage optimizer: {traj.get('mode', '?')}")
+    title = f"in-stage optimizer: {traj.get('mode', '?')}, {len(steps)} steps"
+    fig.suptitle(f"{label} — {title}" if label else title)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
     return path

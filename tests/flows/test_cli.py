@@ -21,6 +21,7 @@ from flows.config import load_config
 from flows.plan import stage_keys
 
 MEMOTUNE = str(Path(sys.executable).parent / "memotune")
+TINY_SEARCH = {"target_finetune": {"epochs": {"type": "int", "low": 1, "high": 2}}}
 runner = CliRunner()
 
 
@@ -118,7 +119,8 @@ def test_kill_during_intermediate_leaves_no_entry_and_the_rerun_finishes(tiny, c
     assert [s["status"] for s in summary["stages"]] == ["cached"] + ["computed"] * 3
     assert [s["key"] for s in summary["stages"]] == keys
     assert set(summary) == {"objective", "metrics", "stages"}
-    assert all(set(s) == {"name", "key", "status", "compute_s", "load_s"} for s in summary["stages"])
+    assert all(set(s) == {"name", "key", "status", "compute_s", "load_s", "saved_s"}
+               for s in summary["stages"])
     again = _run_json(cfg, store_url, cli_env)
     assert [s["status"] for s in again["stages"]] == ["cached"] * 4
     gc = subprocess.run([MEMOTUNE, "cache", "gc", "--grace", "0s", "--store", store_url],
@@ -153,6 +155,7 @@ def test_cli_starts_one_local_prefect_server_and_reuses_it(tiny, cli_env, tmp_pa
         port = s.getsockname()[1]
     env = {k: v for k, v in cli_env.items() if not k.startswith("PREFECT_API")}
     env["MEMOTUNE_PREFECT_PORT"] = str(port)
+    tiny["search"] = TINY_SEARCH
     cfg = _write(tmp_path, tiny)
     store_url = str(tmp_path / "store")
     pid_file = Path(env["HOME"]) / ".memotune" / "prefect-server.pid"
@@ -194,6 +197,7 @@ def test_tune_dispatch_options_are_checked_before_anything_runs(tmp_path, args, 
 
 
 def test_tune_names_a_missing_deployment(tiny, cli_env, tmp_path):
+    tiny["search"] = TINY_SEARCH
     cfg = _write(tmp_path, tiny)
     store = tmp_path / "store"
     done = subprocess.run([MEMOTUNE, "tune", cfg, "--store", str(store), "--max-trials", "1",
@@ -202,3 +206,51 @@ def test_tune_names_a_missing_deployment(tiny, cli_env, tmp_path):
     assert done.returncode == 2, done.stderr[-3000:]
     assert "memotune-pipeline/nope" in done.stderr and "Traceback" not in done.stderr
     assert not (store / "studies").exists()
+
+
+def test_a_bad_lock_setting_is_one_line_exit_2(tmp_path):
+    for args in (["--locks", "memcached://x"], []):
+        env = {"MEMOTUNE_LOCKS": "http://nope"} if not args else {}
+        result = runner.invoke(app, ["run", *args, "--store", str(tmp_path / "s")], env=env)
+        assert result.exit_code == 2, result.output
+        assert "MEMOTUNE_LOCKS" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_stage_that_fails_mid_run_is_one_line_exit_1_and_leaves_no_residue(cli_env, tiny,
+                                                                              tmp_path):
+    """target_finetune diverges (a NaN loss) after data_prep and intermediate_finetune
+    were committed: no traceback on the console, one last line naming the stage and
+    the cause, exit 1, and nothing of the failed stage in the store (no entry, no
+    Prefect failure record, no lease); what was committed before is sound."""
+    tiny["target_finetune"]["optimizer"] = {"mode": "adamw", "lr": 10.0, "schedule": "constant",
+                                            "warmup": 0, "beta2": 0.0, "eps": 1e-30}
+    tiny["target_finetune"]["epochs"] = 3
+    keys = [k for _, k, _ in stage_keys(load_config(doc=tiny))]
+    store = tmp_path / "store"
+    done = subprocess.run([MEMOTUNE, "run", _write(tmp_path, tiny), "--store", str(store)],
+                          env=cli_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: stage target_finetune failed: NonFiniteLossError:"), last
+    st = ArtifactStore(str(store))
+    assert st.has(keys[1]) and not st.has(keys[2]) and not st.has(keys[3])
+    assert all(v == [] for v in st.verify_all().values()), st.verify_all()
+    assert sorted(p.name for p in (store / "prefect").iterdir()) == sorted(keys[:2])
+    assert st.list_docs("leases") == []
+
+def test_tune_needs_an_explicit_search_section_and_init_search_prints_one(tmp_path):
+    """A config for other data must not inherit the built-in example's space."""
+    cfg = _write(tmp_path, {"target_finetune": {"epochs": 4}})
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["tune", cfg, "--store", str(store)])
+    assert result.exit_code == 2 and "no `search:` section" in result.output
+    assert "--init-search" in result.output and not store.exists()
+    printed = runner.invoke(app, ["tune", cfg, "--init-search"])
+    assert printed.exit_code == 0, printed.output
+    search = yaml.safe_load(printed.stdout)["search"]
+    assert search["target_finetune"]["epochs"] == {"type": "int", "low": 2, "high": 8}
+    with_search = _write(tmp_path, {"target_finetune": {"epochs": 4}, "search": search}, "s.yaml")
+    assert load_config(with_search).search == search
+    assert load_config().search and not load_config(cfg).search  # the built-in keeps its own
