@@ -115,9 +115,9 @@ def run(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
     _connect_prefect()
     from flows.pipeline import pipeline_flow
 
-    _console_for_run(as_json, debug)
+    bars = _console_for_run(as_json, debug)
     try:
-        summary = pipeline_flow(cfg.model_dump(mode="json"), st.url, progress=not as_json,
+        summary = pipeline_flow(cfg.model_dump(mode="json"), st.url, progress=bars,
                                 locks=lock_setting)
     except Exception as e:
         fail_run(e, debug)
@@ -205,23 +205,23 @@ def server_stop() -> None:
     out.print("stopped" if stop_server() else "no server started by memotune is running")
 
 
-def _console_for_run(as_json: bool, debug: bool) -> None:
-    """Prefect's console: no tracebacks (one line at the end says what failed) unless
-    --debug; with --json, warnings only (stdout carries the JSON object)."""
+def _console_for_run(as_json: bool, debug: bool) -> bool:
+    """Set up the console for a run; True when progress bars are wanted.
+
+    Prefect logs to stderr (and to its API) and never to stdout, so under --json
+    stdout carries the JSON object alone while stderr still shows the run's
+    progress: a log line per epoch, bars only when stderr is a terminal, and no
+    progress bars of `datasets`. Tracebacks stay off the console unless --debug
+    (one line at the end says what failed).
+    """
     from flows.console import quiet_tracebacks
 
     if not debug:
         quiet_tracebacks()
-    if as_json:
-        _quiet_prefect()
-
-
-def _quiet_prefect() -> None:
-    """--json: stdout carries one JSON object, so Prefect's console logs stay quiet."""
-    import logging
-
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    if not as_json:
+        return True
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    return sys.stderr.isatty()
 
 
 @app.command()
@@ -277,13 +277,13 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
     _connect_prefect()
     from flows.tune import check_deployment, plot_progress, shown_params, tune_flow
 
-    _console_for_run(as_json, debug)
+    bars = _console_for_run(as_json, debug)
     try:
         if deployment is not None:
             check_deployment(deployment)
         result = tune_flow(st.url, name, config=cfg.model_dump(mode="json"), tuner=tuner,
                            budget=budget, warmup=warmup, seed=seed, resume=resume is not None,
-                           progress=not as_json, max_trials=max_trials,
+                           progress=bars, max_trials=max_trials,
                            deployment=deployment, parallel=parallel, locks=lock_setting)
     except StudyError as e:
         fail(str(e))

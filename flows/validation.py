@@ -96,6 +96,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "*_finetune.batch_size": (None, 65536),
     "*_finetune.max_steps": (None, 10**8),
     "*_finetune.guidance_size": (None, 10**6),
+    "*_finetune.validation.every": (None, 1000),
+    "*_finetune.validation.patience": (None, 1000),
     "*_finetune.model.builtin.hidden_size": (None, 8192),
     "*_finetune.model.builtin.layers": (None, 128),
     "*_finetune.model.builtin.heads": (None, 128),

@@ -43,11 +43,28 @@ class ModelSpec(Params):
     builtin: BuiltinModel = Field(default_factory=BuiltinModel)
 
 
+class Validation(Params):
+    """Held-out evaluation while training: a curve, the best epoch, early stopping.
+
+    The held-out slice is the stage's guidance split (never trained on; the
+    lookahead mode also steers by it). `select: best` keeps the weights of the
+    best evaluated epoch; `patience` stops after that many evaluations without
+    improvement. With the defaults the trained weights are those of the last
+    epoch, as without evaluation (it draws no random numbers).
+    """
+
+    every: int = Field(default=1, ge=0)  # evaluate every N epochs; 0: never
+    metric: Literal["loss", "accuracy"] = "loss"
+    select: Literal["last", "best"] = "last"
+    patience: int | None = Field(default=None, gt=0)
+
+
 class FinetuneParams(Params):
     epochs: int = Field(default=3, gt=0)
     batch_size: int = Field(default=32, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
     seed: int = 0
+    validation: Validation = Field(default_factory=Validation)
     optimizer: dict[str, Any] = Field(default_factory=lambda: {"mode": "adamw", "lr": 1e-3},
                                       validate_default=True)
 
@@ -111,6 +128,7 @@ class TrainReport:
     forward_passes: int
     trajectory: dict[str, Any]
     summary: dict[str, float]
+    eval_curve: list[dict[str, float]]
 
 
 def train(model: torch.nn.Module, data: Mapping[str, torch.Tensor], p: FinetuneParams,
@@ -128,10 +146,11 @@ def train(model: torch.nn.Module, data: Mapping[str, torch.Tensor], p: FinetuneP
     gen = torch.Generator().manual_seed(p.seed)
     torch.manual_seed(p.seed)
     losses: list[float] = []
-    step, start = 0, time.perf_counter()
+    step, epoch, start = 0, 0, time.perf_counter()
     log_every = max(1, total // 10)
+    tracker = _EvalTracker(p.validation, guide if p.validation.every else None)
     with _progress(ctx, desc, total) as advance:
-        while step < total:
+        while step < total and not tracker.stop:
             perm = torch.randperm(n, generator=gen).to(data["labels"].device)
             for i in range(0, n, p.batch_size):
                 if step >= total:
@@ -143,13 +162,81 @@ def train(model: torch.nn.Module, data: Mapping[str, torch.Tensor], p: FinetuneP
                 advance(loss)
                 if step % log_every == 0 or step == total:
                     ctx.logger.info("%s step %d/%d loss %.4f", desc, step, total, loss)
+            epoch += 1
+            if point := tracker.after_epoch(model, epoch, step, batch_size=p.batch_size):
+                ctx.logger.info("%s epoch %d: held-out loss %.4f accuracy %.3f%s", desc, epoch,
+                                point["loss"], point["accuracy"],
+                                " (best)" if point["epoch"] == tracker.best_epoch else "")
+    tracker.finish(model)
+    if tracker.stop:
+        ctx.logger.info("%s stopped early after epoch %d (no held-out improvement in %d "
+                        "evaluations; best epoch %d)", desc, epoch, p.validation.patience,
+                        tracker.best_epoch)
     seconds = time.perf_counter() - start
     tail = losses[-steps_per_epoch:]
     traj = runner.trajectory.to_dict()
     return TrainReport(steps=step, seconds=seconds, samples_per_s=step * p.batch_size / seconds,
                        final_loss=float(np.mean(tail)), losses=losses,
                        forward_passes=runner.forward_passes, trajectory=traj,
-                       summary=runner.trajectory.summary())
+                       summary={**runner.trajectory.summary(), **tracker.summary(epoch)},
+                       eval_curve=tracker.curve)
+
+
+class _EvalTracker:
+    """Evaluates the held-out slice after epochs; remembers the best; says when to stop."""
+
+    def __init__(self, v: Validation, held_out: Mapping[str, torch.Tensor] | None) -> None:
+        self.v, self.held_out = v, held_out
+        self.curve: list[dict[str, float]] = []
+        self.best_epoch, self.best_score, self.best_state = 0, -math.inf, None
+        self.stop = False
+
+    def after_epoch(self, model: torch.nn.Module, epoch: int, step: int, *,
+                    batch_size: int) -> dict[str, float] | None:
+        if self.held_out is None or epoch % self.v.every:
+            return None
+        loss, accuracy = evaluate_held_out(model, self.held_out, batch_size)
+        point = {"epoch": epoch, "step": step, "loss": loss, "accuracy": accuracy}
+        self.curve.append(point)
+        score = -loss if self.v.metric == "loss" else accuracy
+        if score > self.best_score:
+            self.best_epoch, self.best_score = epoch, score
+            if self.v.select == "best":
+                self.best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        elif self.v.patience is not None:
+            since = sum(1 for c in self.curve if c["epoch"] > self.best_epoch)
+            self.stop = since >= self.v.patience
+        return point
+
+    def finish(self, model: torch.nn.Module) -> None:
+        if self.best_state is not None and self.best_epoch != self.curve[-1]["epoch"]:
+            model.load_state_dict(self.best_state)
+
+    def summary(self, epochs_run: int) -> dict[str, Any]:
+        if not self.curve:
+            return {}
+        best = next(c for c in self.curve if c["epoch"] == self.best_epoch)
+        return {"epochs_run": epochs_run, "best_epoch": self.best_epoch,
+                "best_eval_loss": best["loss"], "best_eval_accuracy": best["accuracy"],
+                "final_eval_loss": self.curve[-1]["loss"], "stopped_early": self.stop,
+                "selected_epoch": self.best_epoch if self.v.select == "best" else epochs_run}
+
+
+@torch.no_grad()
+def evaluate_held_out(model: torch.nn.Module, data: Mapping[str, torch.Tensor],
+                      batch_size: int) -> tuple[float, float]:
+    """Mean loss and accuracy on held-out data, in eval mode (no dropout, no RNG draws)."""
+    was_training = model.training
+    model.eval()
+    n = int(data["labels"].shape[0])
+    total_loss, correct = 0.0, 0
+    for i in range(0, n, batch_size):
+        batch = {k: v[i:i + batch_size] for k, v in data.items()}
+        out = model(**batch)
+        total_loss += float(out.loss) * int(batch["labels"].shape[0])
+        correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+    model.train(was_training)
+    return total_loss / max(n, 1), correct / max(n, 1)
 
 
 def log_console(logger: Any) -> Any:
@@ -241,5 +328,6 @@ def save_outputs(model: torch.nn.Module, report: TrainReport, workdir: Path,
     # manifests are strict JSON: an unrecorded quantity is null, not NaN
     summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                for k, v in summary.items()}
-    (workdir / "train.json").write_text(json.dumps({**summary, "losses": report.losses}))
+    (workdir / "train.json").write_text(json.dumps({**summary, "losses": report.losses,
+                                                    "eval_curve": report.eval_curve}))
     return summary

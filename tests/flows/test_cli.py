@@ -164,6 +164,9 @@ def test_cli_starts_one_local_prefect_server_and_reuses_it(tiny, cli_env, tmp_pa
                                capture_output=True, text=True, timeout=600)
         assert first.returncode == 0, first.stderr[-3000:]
         assert f"Prefect UI: http://127.0.0.1:{port}" in first.stderr
+        # --json: the object alone on stdout, progress (a line per epoch) on stderr
+        assert json.loads(first.stdout)["objective"] is not None
+        assert "target epoch 1: held-out loss" in first.stderr
         pid = pid_file.read_text()
         second = _run_json(cfg, store_url, env)
         assert [s["status"] for s in second["stages"]] == ["cached"] * 4
