@@ -7,7 +7,7 @@ store (moto), process workers with one torch thread each. First with one worker
 (`--parallel 1`, the second worker paused), then with two (`--parallel 2`),
 each on a fresh store prefix. Prints wall seconds, trials per hour and the ratio.
 
-    python benchmarks/bench_scaleout.py --trials 6
+    python benchmarks/bench_scaleout.py --trials 6 --preset small   # or tiny
 
 On a 2-core machine the Prefect server, Postgres and the S3 server share the
 cores with the workers, so the ratio is a floor, not what separate hosts give.
@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deployments.cluster import Cluster  # noqa: E402  (no Prefect import: env first)
 
-RESULTS = Path(__file__).with_name("RESULTS_scaleout.json")
+RESULTS_DIR = Path(__file__).parent
 
+PRESETS: dict[str, dict] = {}
 TINY = {
     "device": "cpu",
     "data_prep": {"builtin": {"n_train": 160, "n_validation": 100, "corpus_size": 300},
@@ -42,13 +43,21 @@ TINY = {
         "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
         "intermediate_finetune": {"seed": {"type": "int", "low": 0, "high": 1}}},
 }
+# compute-bound trials (tens of seconds each), where worker start-up matters less
+SMALL = {**TINY,
+         "data_prep": {"builtin": {"n_train": 600, "n_validation": 200, "corpus_size": 1000},
+                       "intermediate": {"n_examples": 600}, "max_length": 24, "guidance_min": 8},
+         "intermediate_finetune": {"epochs": 2, "model": {"builtin": {
+             "hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64}}},
+         "target_finetune": {"epochs": 2}}
+PRESETS.update(tiny=TINY, small=SMALL)
 
 
-def study(cluster: Cluster, name: str, trials: int, parallel: int) -> float:
+def study(cluster: Cluster, name: str, trials: int, parallel: int, preset: str) -> float:
     from flows.config import load_config
     from flows.tune import tune_flow
 
-    cfg = load_config(doc=TINY).model_dump(mode="json")
+    cfg = load_config(doc=PRESETS[preset]).model_dump(mode="json")
     t0 = time.perf_counter()
     result = tune_flow(f"{cluster.store_url}-{name}", name, config=cfg, tuner="random",
                        budget=1e9, warmup=trials, seed=0, progress=False, max_trials=trials,
@@ -61,6 +70,7 @@ def study(cluster: Cluster, name: str, trials: int, parallel: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="memotune-bench-") as tmp:
         cluster = Cluster(root=Path(tmp), workers=2)
@@ -68,21 +78,22 @@ def main() -> int:
             cluster.start()
             os.environ.update(cluster.client_env())
             os.killpg(cluster.procs["worker-1"].pid, signal.SIGSTOP)
-            one = study(cluster, "one-worker", args.trials, parallel=1)
+            one = study(cluster, "one-worker", args.trials, 1, args.preset)
             os.killpg(cluster.procs["worker-1"].pid, signal.SIGCONT)
-            two = study(cluster, "two-workers", args.trials, parallel=2)
+            two = study(cluster, "two-workers", args.trials, 2, args.preset)
         finally:
             cluster.stop()
-    rows = {"trials": args.trials, "one_worker_s": round(one, 1), "two_workers_s": round(two, 1),
+    rows = {"preset": args.preset, "trials": args.trials, "one_worker_s": round(one, 1), "two_workers_s": round(two, 1),
             "one_worker_trials_per_h": round(3600 * args.trials / one, 1),
             "two_workers_trials_per_h": round(3600 * args.trials / two, 1),
             "ratio": round(one / two, 2), "cores": os.cpu_count()}
-    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+    (RESULTS_DIR / f"RESULTS_scaleout_{args.preset}.json").write_text(
+        json.dumps(rows, indent=1) + "\n")
     print(f"| workers | wall s | trials/h |\n|---|---|---|\n"
           f"| 1 | {rows['one_worker_s']} | {rows['one_worker_trials_per_h']} |\n"
           f"| 2 | {rows['two_workers_s']} | {rows['two_workers_trials_per_h']} |\n"
           f"2 workers / 1 worker: {rows['ratio']}x trials per hour "
-          f"({args.trials} trials, {os.cpu_count()} cores)")
+          f"({args.trials} {args.preset} trials, {os.cpu_count()} cores)")
     return 0
 
 
