@@ -100,3 +100,40 @@ def test_lock_settings(tmp_path, redis_url):
     for bad in ("redis", "http://x", "postgres://x/y", ""):
         with pytest.raises(ValueError, match="MEMOTUNE_LOCKS"):
             check_lock_setting(bad)
+
+
+def test_a_redis_that_goes_away_mid_run_is_one_clear_error(tmp_path):
+    """The holder's Redis dies while it holds a lock: the next lock call fails within a
+    bound with a LockError naming the lock URL (no hang, no traceback text)."""
+    import shutil
+
+    port = _free_port()
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind",
+                             "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        m = RedisLeaseLockManager(url, lease_s=LEASE)
+        deadline = time.monotonic() + 20
+        while True:  # wait for the server
+            try:
+                assert m.acquire_lock(KEY, holder="me", acquire_timeout=1)
+                break
+            except LockError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        with pytest.raises(LockError, match=f"lock server {url}"):
+            m.release_lock(KEY, holder="me")
+        assert time.monotonic() - t0 < 30
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
