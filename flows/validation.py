@@ -8,7 +8,8 @@
    - an upper bound on every number (`BOUNDS`: no epochs of 10**12, no batch
      of 10**23, no learning rate above 10), and seeds in [0, 2**32 - 1];
    - cross-field rules: min_words <= max_words, attention heads divide the
-     hidden size, a csv/json/parquet source names its splits in data_files;
+     hidden size, a csv/tsv/json/jsonl/parquet source names its splits in
+     data_files;
    - text fields are non-empty, printable and on one line.
 
 2. `check_sources(cfg)` (filesystem and hub): run by the CLI before the store
@@ -17,7 +18,11 @@
    model, generator and hub dataset names must be a local directory, in the
    local Hugging Face cache, or found on the hub within `HUB_TIMEOUT_S`
    (where the hub is unreachable or HF_HUB_OFFLINE is set, a name that is
-   neither local nor cached is refused).
+   neither local nor cached is refused). Then `check_data` opens each data
+   file a run reads with data_prep's own reader and reads its head (a few KB):
+   an empty file, a wrong delimiter (named: which one to set), a missing text
+   or label column (the columns present named), a file without rows, or a
+   target train label column with one class is refused.
 
 Why not `Field(le=...)` on the params models themselves: their modules'
 source is part of the stages' cache keys (`Stage.code`), so editing them would
@@ -38,13 +43,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stages.data_prep import FILE_FORMATS as DATA_FILE_FORMATS
+
 if TYPE_CHECKING:
     from flows.config import PipelineConfig
 
-__all__ = ["BOUNDS", "ConfigError", "bound_for", "check_sources", "check_values", "one_line",
-           "show_value"]
+__all__ = ["BOUNDS", "ConfigError", "bound_for", "check_data", "check_sources", "check_values",
+           "one_line", "show_value"]
 
-FILE_FORMATS = ("csv", "json", "parquet")
+FILE_FORMATS = tuple(DATA_FILE_FORMATS)  # csv, tsv, json, jsonl, parquet
 STAGES = ("data_prep", "intermediate_finetune", "target_finetune", "evaluate")
 SEED_MAX = 2**32 - 1
 MAX_TEXT = 4096
@@ -81,14 +88,19 @@ def show_value(value: Any, limit: int = 60) -> str:
 BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "data_prep.target.n_train": (None, 10**8),
     "data_prep.target.n_validation": (None, 10**8),
+    "data_prep.target.sample_seed": (0, SEED_MAX),
     "data_prep.intermediate.n_examples": (None, 10**7),
     "data_prep.intermediate.n_choices": (None, 16),
     "data_prep.intermediate.min_words": (None, 1000),
     "data_prep.intermediate.max_words": (None, 1000),
+    "data_prep.intermediate.min_words_floor": (None, 1000),
     "data_prep.intermediate.top_p": (None, 1),
     "data_prep.intermediate.temperature": (None, 100),
     "data_prep.builtin.*": (None, 10**6),
     "data_prep.max_length": (None, 32768),
+    "data_prep.max_length_percentile": (None, 100),
+    "data_prep.vocab_size": (None, 10**7),
+    "data_prep.min_frequency": (None, 10**9),
     "data_prep.guidance_fraction": (None, 0.5),
     "data_prep.guidance_min": (None, 10**6),
     "*.seed": (0, SEED_MAX),
@@ -185,8 +197,8 @@ def check_values(cfg: PipelineConfig) -> None:
                 continue
             if isinstance(value, int | float):
                 _check_number(path, value)
-            elif isinstance(value, str):
-                _check_text(path, value)
+            elif isinstance(value, str) and not path.endswith(".delimiter"):
+                _check_text(path, value)  # a delimiter (a tab, say) is checked by its model
     dp = cfg.data_prep
     it = dp.intermediate
     if it.min_words > it.max_words:
@@ -262,6 +274,34 @@ def check_sources(cfg: PipelineConfig) -> None:
     name = cfg.intermediate_finetune.model.name_or_path
     if name is not None:
         _check_pretrained("intermediate_finetune.model.name_or_path", name, "model")
+    check_data(cfg)
+
+
+def check_data(cfg: PipelineConfig) -> None:
+    """Each data file a run reads can be read as configured (`stages.data_prep.check_split`:
+    the stage's own readers, a few KB per file). Raises ConfigError naming the field and file."""
+    from cache.keys import redact
+    from stages.data_prep import DataFileError, check_split
+
+    dp = cfg.data_prep
+    t, it = dp.target, dp.intermediate
+    reads = []
+    if t.source in FILE_FORMATS:
+        reads += [("data_prep.target", t, t.train_split, [*t.text_fields, t.label_field],
+                   t.label_field),
+                  ("data_prep.target", t, t.validation_split, [*t.text_fields, t.label_field],
+                   None)]
+    if it.task == "realfake" and it.source in FILE_FORMATS:
+        reads.append(("data_prep.intermediate", it, it.split, [it.text_field], None))
+    for prefix, src, split, columns, label in reads:
+        field = f"{prefix}.data_files.{split}"
+        try:
+            check_split(src, split, columns, label, where=prefix)
+        except DataFileError as e:
+            raise ConfigError(f"{field}: {redact(e.uri)}: {redact(e.problem)}") from None
+        except Exception as e:  # anything else reading it (a remote store, a codec): one line
+            raise ConfigError(f"{field}: cannot read {redact(str(src.data_files[split]))}: "
+                              f"{type(e).__name__}: {redact(one_line(str(e)))[:200]}") from None
 
 
 def _check_data_file(field: str, uri: str) -> None:

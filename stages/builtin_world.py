@@ -105,15 +105,35 @@ class NgramGenerator:
     An order-n Markov chain over the corpus words: fluent like GPT-2's fakes
     (grammatical, right words in right places) but blind to the hidden
     semantics, so telling real from fake means learning what is plausible.
+    A context it never saw (a prompt from sentences it was not fitted on) backs
+    off to its last words, then to the corpus' word frequencies.
     """
 
     def __init__(self, sentences: list[str], order: int = 3):
         self.order = order
         self.next: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        self.shorter: dict[tuple[str, ...], list[str]] = defaultdict(list)  # backoff contexts
+        self.ends: set[tuple[str, ...]] = set()  # contexts a sentence ended on
+        self.words: list[str] = []
         for s in sentences:
             words = s.split()
+            self.words += words
             for i in range(1, len(words)):
                 self.next[tuple(words[max(0, i - order + 1):i])].append(words[i])
+                for k in range(1, min(i, order - 1)):
+                    self.shorter[tuple(words[i - k:i])].append(words[i])
+            if words:
+                self.ends.add(tuple(words[-(order - 1):]))
+
+    def _choices(self, context: tuple[str, ...]) -> list[str] | None:
+        """Next words after context; None where a sentence ends (seen only as an end)."""
+        choices = self.next.get(context)
+        if choices or context in self.ends:
+            return choices
+        for k in range(len(context) - 1, 0, -1):
+            if self.shorter.get(context[-k:]):
+                return self.shorter[context[-k:]]
+        return self.words or None
 
     def continue_text(self, prompt: str, n_words: int, rng: random.Random) -> str:
         """A fluent ending of exactly `n_words` words when one is found in a few
@@ -123,12 +143,12 @@ class NgramGenerator:
             words = prompt.split()
             out = []
             while len(out) <= n_words:
-                choices = self.next.get(tuple(words[-(self.order - 1):]))
+                choices = self._choices(tuple(words[-(self.order - 1):]))
                 if not choices:
                     break
                 words.append(rng.choice(choices))
                 out.append(words[-1])
-            if len(out) == n_words and not self.next.get(tuple(words[-(self.order - 1):])):
+            if len(out) == n_words and tuple(words[-(self.order - 1):]) in self.ends:
                 break
         return " ".join(out[:n_words])
 

@@ -367,7 +367,7 @@ def test_local_model_and_tokenizer_directories_are_accepted(tmp_path):
 
 def test_data_files_must_be_readable_files(tmp_path):
     val = tmp_path / "val.csv"
-    val.write_text("text,label\na,1\n")
+    val.write_text("text,label\na,1\nb,0\n")  # two classes: one is refused (test_data_inputs)
     base = ["data_prep.target.source=csv"]
     for train, needle in ((tmp_path, "directory"), (tmp_path / "nope.csv", "not found"),
                           ("foo://bucket/x.csv", "foo"), (str(tmp_path / "*.parquet"), "matches")):
