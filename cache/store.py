@@ -353,6 +353,14 @@ class ArtifactStore:
                 options.setdefault("use_listings_cache", False)
                 config = {**S3_CONFIG, **dict(options.get("config_kwargs") or {})}
                 options["config_kwargs"] = config
+                # fsspec reuses filesystems by their options: an endpoint read from the
+                # environment must be one of them, or a store opened after the
+                # environment changed would talk to the old endpoint
+                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+                    "AWS_ENDPOINT_URL")
+                if endpoint and "endpoint_url" not in options and \
+                        "endpoint_url" not in (options.get("client_kwargs") or {}):
+                    options["endpoint_url"] = endpoint
             self.fs, root = url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError, OSError) as e:
             raise StoreError(self._redact(f"cannot open store {shown}: {e}")) from None

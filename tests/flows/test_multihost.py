@@ -194,28 +194,34 @@ def test_a_killed_worker_holding_a_lock_frees_it_after_the_lease(on_cluster):
     assert all(v == ["no manifest (uncommitted garbage)"] for v in problems.values()), problems
 
 
-def test_a_parallel_study_on_two_workers_runs_each_trial_once(on_cluster):
+def test_a_parallel_study_on_two_workers_runs_each_trial_once(on_cluster, tmp_path):
     """`memotune tune --deployment ... --parallel 2` with two workers on Redis locks."""
-    from flows.tune import tune_flow
+    import yaml
 
     cluster = on_cluster
     doc = copy.deepcopy(TINY)
     doc["search"] = {"target_finetune": {"epochs": {"type": "int", "low": 1, "high": 3},
                                          "seed": {"type": "int", "low": 0, "high": 50}}}
-    cfg = load_config(doc=doc).model_dump(mode="json")
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
     store_url = f"{cluster.store_url}-study"
-    result = tune_flow(store_url, "spread", config=cfg, tuner="random", budget=1e9, warmup=4,
-                       progress=False, max_trials=4, deployment=DEPLOYMENT, parallel=2)
-    trials = result["trials"]
+    env = {**os.environ, **cluster.client_env(), "HOME": str(tmp_path / "home")}
+    done = subprocess.run([str(Path(sys.executable).parent / "memotune"), "tune", str(cfg),
+                           "--store", store_url, "--study", "spread", "--tuner", "random",
+                           "--warmup", "4", "--max-trials", "4", "--deployment", DEPLOYMENT,
+                           "--parallel", "2", "--json", "--plot", str(tmp_path / "p.png")],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = json.loads(done.stdout)["trials"]
     assert sorted(t["id"] for t in trials) == [0, 1, 2, 3]
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
     assert all(t["objective"] is not None for t in trials)
-    study = ArtifactStore(store_url).get_json("studies/spread/study.json")
+    store = ArtifactStore(store_url)
+    study = store.get_json("studies/spread/study.json")
     assert len(study["trials"]) == 4 and study["tuner_state"]["pending"] == []
     with get_client(sync_client=True) as client:
         runs = [client.read_flow_run(t["flow_run_id"]) for t in trials]
     assert all(r.state.is_completed() for r in runs)
-    # every trial ran once: one flow run per trial, each recorded once in the store
-    records = [ArtifactStore(store_url).get_json(n)
-               for n in ArtifactStore(store_url).list_docs("runs")]
+    # each trial ran exactly once: one flow run per trial, each recorded once in the store
+    records = [store.get_json(n) for n in store.list_docs("runs")]
     assert sorted(r["run"] for r in records) == sorted(str(r.id) for r in runs)
