@@ -47,7 +47,8 @@ def hold(store: ArtifactStore, keys: Iterable[str], ttl_s: float = DEFAULT_TTL_S
             try:
                 store.put_json(name, _doc(key_list, ttl_s))
             except StoreError as e:  # the run itself meets the outage and says so
-                log.warning("could not renew lease %s: %s", name, e)
+                if not stop.is_set():  # nor a word once the run has ended
+                    log.warning("could not renew lease %s: %s", name, e)
 
     thread = threading.Thread(target=renew, name="memotune-lease", daemon=True)
     thread.start()

@@ -58,6 +58,7 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 GARBAGE = "no manifest (uncommitted garbage)"
+UNFINISHED = "unfinished write of a killed process (garbage)"
 ORPHAN_RECORD = "prefect record without a manifest (orphan)"
 MANIFEST_FORMAT = 1
 _CHUNK = 8 * 2**20
@@ -219,6 +220,7 @@ class GcReport:
     removed_garbage: list[str] = field(default_factory=list)
     removed_entries: list[str] = field(default_factory=list)
     removed_records: list[str] = field(default_factory=list)
+    removed_strays: list[str] = field(default_factory=list)
     kept_leased: list[str] = field(default_factory=list)
     freed_bytes: int = 0
     dry_run: bool = False
@@ -252,6 +254,11 @@ def _expired(entries: list[Manifest], older_than_s: float | None, max_bytes: int
             doomed.append(m)
             total -= m.total_bytes
     return doomed, spared
+
+
+def _is_temp(name: str) -> bool:
+    """A temp file of `_put` (local stores write a temp file, then rename it)."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def _mtime(info: Mapping[str, Any]) -> float | None:
@@ -846,8 +853,9 @@ class ArtifactStore:
     def verify_all(self) -> dict[str, list[str]]:
         """Problems for every name under objects/ and prefect/ (empty list = a sound entry).
 
-        Only GARBAGE (files of a commit that never finished) is a normal leftover
-        of a killed run; everything else reported here is damage.
+        Only GARBAGE (files of a commit that never finished) and UNFINISHED (a
+        record write cut short) are normal leftovers of a killed run; everything
+        else reported here is damage.
         """
         with self._io("verify_all"):
             scan = self._scan()
@@ -863,7 +871,9 @@ class ArtifactStore:
             else:
                 report[key] = self.verify(key)
         for name in sorted(records):
-            if not is_key(name):
+            if _is_temp(name):
+                report.setdefault(name, []).append(UNFINISHED)
+            elif not is_key(name):
                 report.setdefault(name, []).append("not a result record of an entry under prefect/")
             elif not scan.get(name, {}).get("manifest"):
                 report.setdefault(name, []).append(ORPHAN_RECORD)
@@ -883,7 +893,8 @@ class ArtifactStore:
 
         1. uncommitted dirs (no manifest) whose newest file is older than
            grace_s, so an in-flight commit is left alone;
-        2. entries whose manifest is corrupt (a run would recompute them anyway);
+        2. entries whose manifest is corrupt (a run would recompute them anyway), and
+           files in a committed entry that its manifest does not list;
         3. result records that are damaged, or have no entry, or are not records
            of an entry (failure records of old versions), the last two after grace_s;
         4. with older_than_s, entries created before now - older_than_s;
@@ -898,6 +909,7 @@ class ArtifactStore:
             committed = sorted(k for k, s in scan.items() if is_key(k) and s["manifest"])
             entries, corrupt = self._read_manifests(committed)
             self._gc_entries(sorted(corrupt), scan, report)
+            self._gc_strays(entries, scan, report)
             self._gc_records(set(entries), grace_s, report)
             doomed, spared = _expired(sorted(entries.values(), key=lambda m: m.created),
                                       older_than_s, max_bytes, self.leased_keys())
@@ -920,6 +932,22 @@ class ArtifactStore:
             report.freed_bytes += _size_of(slot["files"])
             if not report.dry_run:
                 self._rm(self._entry_dir(key), recursive=True)
+
+    def _gc_strays(self, entries: dict[str, Manifest], scan: dict[str, dict[str, Any]],
+                   report: GcReport) -> None:
+        """Files inside a committed entry that its manifest does not list (none are ever
+        added after the manifest: a commit uploads every file first)."""
+        for key, m in sorted(entries.items()):
+            files_dir = self._p("objects", key, "files")
+            known = {self._file_path(key, r.name) for r in m.files}
+            for path, info in sorted(scan[key]["files"].items()):
+                if (info.get("type") == "directory" or not path.startswith(files_dir + "/")
+                        or path in known):
+                    continue
+                report.removed_strays.append(path[len(self._p("objects")) + 1:])
+                report.freed_bytes += int(info.get("size") or 0)
+                if not report.dry_run:
+                    self._rm(path)
 
     def _gc_records(self, committed: set[str], grace_s: float, report: GcReport) -> None:
         now = time.time()

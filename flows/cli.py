@@ -400,13 +400,13 @@ def cache_verify(store: StoreOpt = None) -> None:
     object under prefect/. Uncommitted files of killed runs are not entries:
     they are listed for `memotune cache gc` and do not fail the check.
     """
-    from cache.store import GARBAGE, ArtifactStore, StoreError
+    from cache.store import GARBAGE, UNFINISHED, ArtifactStore, StoreError
 
     try:
         problems = ArtifactStore.open(store_url(store), create=False).verify_all()
     except StoreError as e:
         fail(str(e))
-    leftovers = {k for k, v in problems.items() if v == [GARBAGE]}
+    leftovers = {k for k, v in problems.items() if v and set(v) <= {GARBAGE, UNFINISHED}}
     bad = {k: v for k, v in problems.items() if v and k not in leftovers}
     for key, issues in bad.items():
         for issue in issues:
@@ -438,7 +438,8 @@ def cache_gc(store: StoreOpt = None,
     verb = "would remove" if dry_run else "removed"
     out.print(f"{verb} {len(report.removed_garbage)} uncommitted, "
               f"{len(report.removed_entries)} entries, {len(report.removed_records)} stray or "
-              f"damaged Prefect records, {_human(report.freed_bytes)}"
+              f"damaged Prefect records, {len(report.removed_strays)} files no manifest lists, "
+              f"{_human(report.freed_bytes)}"
               + (f"; kept {len(report.kept_leased)} in use by running pipelines"
                  if report.kept_leased else ""))
 

@@ -177,3 +177,25 @@ def test_a_lapsed_lease_protects_nothing(store, tmp_path):
 def test_gc_on_empty_store(store):
     report = store.gc(max_bytes=0, older_than_s=0, grace_s=0)
     assert (report.removed_garbage, report.removed_entries, report.freed_bytes) == ([], [], 0)
+
+
+def test_gc_removes_files_no_manifest_lists(store, tmp_path):
+    key = _commit(store, 1, tmp_path)
+    store.fs.pipe_file(f"{store.root}/objects/{key}/files/stray.parquet", b"x" * 10)
+    assert "stray.parquet: not in the manifest" in store.verify_all()[key]
+    report = store.gc()
+    assert report.removed_strays == [f"{key}/files/stray.parquet"]
+    assert store.verify_all() == {key: []}
+
+
+def test_an_unfinished_record_write_is_a_leftover_not_damage(store, tmp_path):
+    """A kill between writing a record's temp file and renaming it (local stores)."""
+    from cache.store import UNFINISHED
+
+    key = _commit(store, 1, tmp_path)
+    tmp = f".{key}.abc123.tmp"
+    store.fs.pipe_file(f"{store.root}/prefect/{tmp}", b"{}")
+    assert store.verify_all() == {key: [], tmp: [UNFINISHED]}
+    assert store.gc().removed_records == []  # young: maybe still being written
+    assert store.gc(grace_s=0).removed_records == [tmp]
+    assert store.verify_all() == {key: []}
