@@ -93,6 +93,28 @@ def _io_errors() -> tuple[type[BaseException], ...]:
 _IO_ERRORS = _io_errors()
 
 
+def _outage_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the store is unreachable (not a missing key or a refusal)."""
+    errors: list[type[BaseException]] = [TimeoutError, ConnectionError]
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+
+        errors += [BotoConnectionError, HTTPClientError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+_OUTAGE_ERRORS = _outage_errors()
+# After a store call fails because the store is unreachable, later calls to the
+# same store fail at once for this long instead of each waiting out its own
+# timeouts (Prefect swallows a failed cache lookup as a miss, and the run would
+# then wait again): an outage costs one operation's bound, not one per call.
+OUTAGE_HOLD_S = 60.0
+_outages: dict[tuple[str, str], tuple[float, str]] = {}
+
+
 def _check_file_name(name: object) -> str:
     """A relative POSIX path inside an entry: no traversal, no absolute, no backslash."""
     if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name:
@@ -399,14 +421,21 @@ class ArtifactStore:
 
     @contextmanager
     def _io(self, what: str) -> Iterator[None]:
-        """Turn backend errors into StoreError naming the (redacted) store URL."""
+        """Turn backend errors into StoreError naming the (redacted) store URL; during an
+        outage of this store (see OUTAGE_HOLD_S), fail at once."""
+        where = (self.url, str(self._options.get("endpoint_url", "")))
+        down = _outages.get(where)
+        if down is not None and time.monotonic() < down[0]:
+            raise StoreError(down[1])
         try:
             yield
         except StoreError:
             raise
         except _IO_ERRORS as e:
-            msg = f"{what} failed on store {self.url}: {type(e).__name__}: {e}"
-            raise StoreError(self._redact(msg)) from None
+            msg = self._redact(f"{what} failed on store {self.url}: {type(e).__name__}: {e}")
+            if isinstance(e, _OUTAGE_ERRORS):
+                _outages[where] = (time.monotonic() + OUTAGE_HOLD_S, msg)
+            raise StoreError(msg) from None
 
     def _p(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
