@@ -75,15 +75,6 @@ class DataSource(Params):
             raise ValueError(f"source tsv is tab-separated; for {v!r} use source csv")
         return v
 
-    def file_uris(self) -> list[str]:
-        """The local/remote files this source reads (for the data fingerprint)."""
-        if not self.data_files:
-            return []
-        uris: list[str] = []
-        for v in self.data_files.values():
-            uris.extend([v] if isinstance(v, str) else v)
-        return uris
-
 
 class TargetData(DataSource):
     text_fields: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
@@ -156,9 +147,6 @@ class DataPrepParams(Params):
             shown = repr(v) if not isinstance(v, int | float) or abs(v) < 1e12 else "a huge number"
             raise ValueError(f"must be auto or a whole number >= 8, got {shown[:40]}")
         return v
-
-    def data_uris(self) -> list[str]:
-        return self.target.file_uris() + self.intermediate.file_uris()
 
 
 # ---------------------------------------------------------------- reading files
