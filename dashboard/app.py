@@ -27,7 +27,7 @@ from fastapi.templating import Jinja2Templates
 from cache.keys import is_key
 from cache.store import ArtifactStore, CorruptEntryError, EntryNotFoundError, StoreError
 from dashboard import data, svg, views
-from dashboard.records import round_sig
+from flows.run_records import round_sig
 
 __all__ = ["DEFAULT_PORT", "create_app", "prefect_ui_url", "serve"]
 

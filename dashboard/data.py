@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cache.store import ArtifactStore, Manifest, StoreError
-from dashboard.records import RunRecord, StudyRecord
+from flows.run_records import RunRecord, StudyRecord
 
 __all__ = ["Snapshot", "fingerprint", "read_snapshot", "read_study", "study_names"]
 

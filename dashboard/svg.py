@@ -11,8 +11,8 @@ import math
 from html import escape
 from typing import Any
 
-from dashboard.records import StudyRecord, round_sig
 from dashboard.views import TreeNode
+from flows.run_records import StudyRecord, round_sig
 
 __all__ = ["REUSE_COLORS", "cost_svg", "progress_svg", "reuse_color", "tree_svg"]
 

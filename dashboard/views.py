@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from cache.store import Manifest
 from dashboard.data import Snapshot
-from dashboard.records import PIPELINE_STAGES, RunRecord, StageRun, StudyRecord, Trial
+from flows.run_records import PIPELINE_STAGES, RunRecord, StageRun, StudyRecord, Trial
 
 __all__ = ["CacheTotals", "EntryRow", "StudyRow", "TreeNode", "Usage", "cache_totals",
            "entry_rows", "reuse_tree", "study_rows", "usages"]

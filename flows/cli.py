@@ -153,7 +153,7 @@ def plan(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
 
 
 def _stage_table(stages: list[dict[str, Any]], title: str) -> None:
-    from dashboard.records import StageRun
+    from flows.run_records import StageRun
 
     rows = [StageRun.model_validate(s) for s in stages]
     table = Table(title=title, show_footer=True)
@@ -318,7 +318,7 @@ def _print_starting_search(config: str | None, overrides: list[str] | None) -> N
 
 
 def _trials_table(result: dict[str, Any]) -> None:
-    from dashboard.records import Trial
+    from flows.run_records import Trial
 
     trials = [Trial.model_validate(x) for x in result["trials"]]
     table = Table(title=f"study {result['study']} ({result['tuner']})", show_footer=True)

@@ -39,9 +39,9 @@ from prefect.artifacts import (
 )
 
 from cache.store import ArtifactStore
-from dashboard.records import StudyRecord, round_sig
 from flows.config import PipelineConfig, apply_params, load_config
 from flows.pipeline import pipeline_flow
+from flows.run_records import StudyRecord, round_sig
 from flows.study import StudyError, study_doc_name
 from stages.pipeline import STAGE_NAMES
 from tuners import CacheView, Candidate, SearchSpace, make_tuner

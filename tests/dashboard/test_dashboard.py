@@ -15,8 +15,8 @@ from rich.console import Console
 
 from dashboard.app import create_app, ui_from_api
 from dashboard.data import read_snapshot
-from dashboard.records import StudyRecord, Trial, round_sig
 from dashboard.views import entry_rows, reuse_tree
+from flows.run_records import StudyRecord, Trial, round_sig
 
 ROUTES = ["/", "/study/demo", "/study/fresh", "/cache", "/api/fingerprint", "/api/studies",
           "/api/verify", "/favicon.ico", "/static/dashboard.css", "/static/dashboard.js",

@@ -7,7 +7,7 @@ fields that older documents lack, ignoring fields they don't know) and carry
 the few numbers every view needs: seconds saved by reuse, stages reused, hit
 rate, best objective. The reuse dashboard, the tune flow's Prefect artifacts
 and the CLI tables all read them from here, so the later typed-record
-refactor has one module to adopt (and can move it out of ``dashboard/``).
+refactor has one module to adopt.
 
 Nothing here does I/O or imports Prefect, torch or FastAPI.
 """
