@@ -133,7 +133,8 @@ def training_table(repeats: int) -> Table:
 
     from stages.base import StageContext
     from stages.optim import parse_optimizer_settings, schedule_fn
-    from stages.training import FinetuneParams, build_model, train
+    from stages.params import FinetuneParams
+    from stages.training import build_model, train
 
     torch.manual_seed(0)
     n, length = 960, 32

@@ -1,6 +1,9 @@
 """memotune's cache: content keys, the fsspec artifact store, leases and record checks.
 
-No ML here, and no Prefect outside prefect_policy.py and locks.py (the Prefect glue).
+No ML here. Prefect is confined to the Prefect glue, cache.prefect_policy (cache
+policy and result storage) and cache.locks (lock managers), which load it when
+they are imported; this package and its other modules never do, so planning and
+the CLI's early checks (cache.lock_setting) run before Prefect is imported.
 """
 
 from cache.errors import CorruptEntryError, EntryNotFoundError, StoreError

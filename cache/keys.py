@@ -11,12 +11,15 @@ No ML or Prefect imports here: planning and the tuners use this without them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import inspect
 import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -28,6 +31,8 @@ __all__ = [
     "canonical_json",
     "canonicalize",
     "check_key",
+    "KeyMaterial",
+    "chain_keys",
     "fingerprint_inputs",
     "fingerprint_uris",
     "is_key",
@@ -154,21 +159,68 @@ def source_hash(*objs: Any) -> str:
     """sha256 over the source code of modules/classes/functions.
 
     Part of a stage's key so that editing the stage's code invalidates its
-    cached outputs. Line endings are normalized so a CRLF checkout of the same
-    code gives the same key.
+    cached outputs. A module may be given by name ("stages.training"): its
+    file is read, not imported, so planning a run never loads what only
+    computing needs. Line endings are normalized so a CRLF checkout of the
+    same code gives the same key.
     """
     if not objs:
         raise ValueError("source_hash needs at least one module, class or function")
     h = hashlib.sha256()
     for obj in objs:
-        try:
-            src = inspect.getsource(obj)
-        except (OSError, TypeError) as e:
-            raise ValueError(f"cannot read the source of {obj!r}: {e}") from e
-        data = src.replace("\r\n", "\n").encode("utf-8")
+        data = _source(obj).replace("\r\n", "\n").encode("utf-8")
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
     return h.hexdigest()
+
+
+def _source(obj: Any) -> str:
+    if isinstance(obj, str):  # a module by name: the text of its file
+        spec = importlib.util.find_spec(obj)
+        if spec is None or not spec.origin or not spec.has_location:
+            raise ValueError(f"cannot read the source of module {obj!r}: no file")
+        with open(spec.origin, encoding="utf-8", newline="") as f:
+            text = f.read()
+        return text if not text or text.endswith("\n") else text + "\n"  # as inspect reads it
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError) as e:
+        raise ValueError(f"cannot read the source of {obj!r}: {e}") from e
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """What one stage's key is made of, besides its upstream stage's key.
+
+    `inputs`: the data files the stage declares, by role; None when the
+    stage declares none (then no data fingerprint is in its key at all).
+    """
+
+    stage: str
+    version: str
+    code: tuple[Any, ...]
+    params: Mapping[str, Any]
+    inputs: Mapping[str, Sequence[str]] | None = None
+
+
+def chain_keys(materials: Sequence[KeyMaterial]) -> list[str]:
+    """The key rule of a pipeline, in one place: stage k's key is the sha256 of
+    its name, version, code hash, params (input paths replaced by their roles),
+    the key of stage k-1, and the fingerprint of its declared data inputs."""
+    keys: list[str] = []
+    upstream: str | None = None
+    for m in materials:
+        fingerprint = fingerprint_inputs(m.inputs) if m.inputs is not None else None
+        upstream = stage_key(stage=m.stage, version=m.version, code_hash=_code_hash(m.code),
+                             params=without_paths(m.params, m.inputs or {}), upstream=upstream,
+                             data_fingerprint=fingerprint)
+        keys.append(upstream)
+    return keys
+
+
+@functools.cache
+def _code_hash(code: tuple[Any, ...]) -> str:
+    return source_hash(*code)
 
 
 # --------------------------------------------------------------------------- data fingerprints
@@ -204,14 +256,31 @@ class DataSourceError(FileNotFoundError):
         return str(self.args[0])
 
 
+# (protocol, path, size, change marker) -> sha256: a file is read once per process
+# while it is unchanged (the CLI's plan and the flow key the same files)
+_CONTENT_HASHES: dict[tuple, str] = {}
+
+
+def _change_marker(info: Mapping) -> Any:
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+    mtime = mtime.timestamp() if hasattr(mtime, "timestamp") else mtime
+    return info.get("ETag") or info.get("etag") or info.get("md5Hash") or mtime
+
+
 def _file_mark(fs: fsspec.AbstractFileSystem, path: str, info: Mapping, limit: int) -> dict:
     size = int(info.get("size") or 0)
     if size <= limit:
-        h = hashlib.sha256()
-        with fs.open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        return {"size": size, "sha256": h.hexdigest()}
+        marker = _change_marker(info)
+        memo = (fs.protocol, path, size, marker) if marker is not None else None
+        if memo is None or memo not in _CONTENT_HASHES:
+            h = hashlib.sha256()
+            with fs.open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+            if memo is None:
+                return {"size": size, "sha256": h.hexdigest()}
+            _CONTENT_HASHES[memo] = h.hexdigest()
+        return {"size": size, "sha256": _CONTENT_HASHES[memo]}
     # Too big to hash on every plan: trust the store's change markers.
     etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
     if etag:

@@ -31,7 +31,7 @@ from prefect.filesystems import WritableFileSystem
 from prefect.locking.protocol import LockManager
 from prefect.serializers import JSONSerializer
 from prefect.transactions import IsolationLevel
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, ValidationError
 
 from cache.errors import CorruptEntryError
 from cache.keys import check_key, is_key
@@ -50,6 +50,10 @@ def stage_output(store: ArtifactStore, manifest: Manifest) -> dict[str, Any]:
             "compute_s": manifest.compute_s}
 
 
+RECENT_S = 2.0  # how long a built record answers Prefect's repeated asks for it
+_recent: dict[tuple[str, str], tuple[float, bytes]] = {}  # (store URL, key) -> (built, record)
+
+
 class StoreRecords(WritableFileSystem):
     """Prefect result storage on the store's prefect/ folder, served from manifests."""
 
@@ -64,9 +68,17 @@ class StoreRecords(WritableFileSystem):
         return self._store
 
     def record_for(self, key: str) -> bytes:
-        """A fresh JSON record of key's StageOutput; FileNotFoundError unless all is sound."""
+        """A fresh JSON record of key's StageOutput; FileNotFoundError unless all is sound.
+
+        Prefect asks twice per hit (exists, then read) right after memotune's own
+        check (`is_hit`): the record built by the first ask serves the others for
+        RECENT_S, so a hit costs one record read and one manifest read.
+        """
         if not is_key(key):
             raise FileNotFoundError(f"no result record {key!r} (only content keys have one)")
+        recent = _recent.get((self.store_url, key))
+        if recent is not None and time.monotonic() - recent[0] < RECENT_S:
+            return recent[1]
         data = self.store.read_record(key)
         if data is None:
             raise FileNotFoundError(f"no result record for {key}")
@@ -80,7 +92,21 @@ class StoreRecords(WritableFileSystem):
         record = ResultRecord(metadata=ResultRecordMetadata(storage_key=key,
                                                             serializer=JSONSerializer()),
                               result=stage_output(self.store, manifest))
-        return record.serialize()
+        data = record.serialize()
+        _recent[(self.store_url, key)] = (time.monotonic(), data)
+        return data
+
+    def is_hit(self, key: str) -> bool:
+        """Whether Prefect will find key's record sound (and Cached the task)."""
+        try:
+            self.record_for(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def forget(self, key: str) -> None:
+        """Drop a recently built record: its entry was just deleted."""
+        _recent.pop((self.store_url, key), None)
 
     def read_path(self, path: str, **_: Any) -> bytes:
         return self.record_for(path)
@@ -89,6 +115,7 @@ class StoreRecords(WritableFileSystem):
         return self.record_for(path)
 
     def write_path(self, path: str, content: bytes, **_: Any) -> str:
+        self.forget(path)
         if is_key(path):  # failure records (uuid names) stay out of the store
             self.store.write_record(path, content)
         return path
@@ -120,25 +147,45 @@ def result_storage(store: ArtifactStore) -> StoreRecords:
     """Where Prefect reads and writes result records: beside the entries, guarded.
 
     Prefect accepts only saved blocks as task result storage, so the block is
-    saved once per process and store URL, named after the URL's hash.
+    saved once per store URL, named after the URL's hash; a process loads it
+    (one request) rather than saving it again.
     """
     block = _saved.get(store.url)
     if block is None:
-        block = StoreRecords(store_url=store.url)
         name = "memotune-store-" + hashlib.sha256(store.url.encode()).hexdigest()[:16]
-        for attempt in range(5):
-            try:
-                block.save(name, overwrite=True)
-                break
-            except ObjectAlreadyExists:  # another run registered the type or block just now
-                if attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        block = _load(name, store.url) or _save(name, store.url)
         _saved[store.url] = block
     return block
 
 
-def stage_policy(locks: LockManager) -> StageKeyPolicy:
-    """SERIALIZABLE + locks (cache.locks): concurrent runs of one key compute it once."""
+def _load(name: str, store_url: str) -> StoreRecords | None:
+    try:
+        block = StoreRecords.load(name)
+    except (ValueError, ValidationError):  # not saved yet, or saved by an older schema
+        return None
+    return block if block.store_url == store_url else None
+
+
+def _save(name: str, store_url: str) -> StoreRecords:
+    block = StoreRecords(store_url=store_url)
+    for attempt in range(5):
+        try:
+            block.save(name, overwrite=True)
+            return block
+        except ObjectAlreadyExists:  # another run registered the type or block just now
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return block
+
+
+def stage_policy(locks: LockManager | None) -> StageKeyPolicy:
+    """SERIALIZABLE + locks (cache.locks): concurrent runs of one key compute it once.
+
+    None: no lock, for a stage whose sound record was just seen (a hit only
+    reads; gc leaves a running pipeline's entries alone, see cache.leases).
+    """
+    if locks is None:
+        return StageKeyPolicy().configure(isolation_level=IsolationLevel.READ_COMMITTED)
     return StageKeyPolicy().configure(isolation_level=IsolationLevel.SERIALIZABLE,
                                       lock_manager=locks)

@@ -16,6 +16,10 @@ manifest write leaves garbage for gc, never a half entry. Only content keys
 (``check_key``) and validated JSON doc names ever become store paths; nothing
 is unpickled, manifests and docs are JSON.
 
+What differs between local disk and object stores (atomic writes, probing,
+directories, handing out files in place) sits behind ``_Backend``, chosen once
+when the store is made.
+
 Concurrent commits of the *same* key must be serialized by the caller (the
 Prefect lock manager does); the store re-checks for a manifest right before
 writing its own to keep the window small.
@@ -33,13 +37,14 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, Protocol
 
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cache.errors import CorruptEntryError, EntryNotFoundError, StoreError
 from cache.keys import check_key, is_key, redact
@@ -70,9 +75,15 @@ _SECRET_OPTION_RE = re.compile(r"(?i)secret|password|token|key")
 _PROBE_CONFIG = {"connect_timeout": 3, "read_timeout": 5}
 # Every other S3 call: an outage (server paused or gone) must end an operation
 # within S3_BOUND_S, not hang on botocore's and s3fs's default retry loops.
-# Worst case: S3_ATTEMPTS x (connect or read timeout) plus s3fs's short backoff.
-S3_CONFIG = {"connect_timeout": 5, "read_timeout": 15, "retries": {"total_max_attempts": 1}}
+# Retries are botocore's alone (standard mode: timeouts and dropped connections),
+# per request; s3fs's own loops are off, since they nest (its cat_file retries a
+# call that retries: 3 x 3 read timeouts, seen as a run hung > 2 min on a paused
+# server). Worst case per operation: S3_ATTEMPTS x (connect or read timeout) plus
+# botocore's short backoff, for its first failing request: the outage breaker
+# (OUTAGE_HOLD_S) fails the requests after it at once.
 S3_ATTEMPTS = 3
+S3_CONFIG = {"connect_timeout": 5, "read_timeout": 15,
+             "retries": {"total_max_attempts": S3_ATTEMPTS, "mode": "standard"}}
 S3_BOUND_S = S3_ATTEMPTS * (15 + 5) + 5
 # Object stores and file systems the store is tested on (fsspec has many more
 # protocols, some of which are read-only or archives: refuse those by name).
@@ -143,96 +154,127 @@ def _is_number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-@dataclass(frozen=True)
-class FileRecord:
+# --------------------------------------------------------------------------- manifests
+
+
+def _content_key(value: str) -> str:
+    if not is_key(value):
+        raise ValueError("not a content key")
+    return value
+
+
+def _sha256_hex(value: str) -> str:
+    if not is_key(value):  # same shape as a content key: 64 lowercase hex
+        raise ValueError("not 64 lowercase hex characters")
+    return value
+
+
+def _known_format(value: int) -> int:
+    if value != MANIFEST_FORMAT:
+        raise ValueError(f"unsupported format {value!r}")
+    return value
+
+
+# Strict: a manifest is the commit record, so nothing in it is coerced ("1" is not 1,
+# true is not 1), unknown fields are refused and times must be finite.
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class FileRecord(BaseModel):
     """One committed file: its path inside the entry, size and sha256."""
 
-    name: str
-    size: int
-    sha256: str
+    model_config = ConfigDict(**_STRICT, frozen=True)
+
+    name: Annotated[str, AfterValidator(_check_file_name)]  # never escapes the entry
+    size: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, AfterValidator(_sha256_hex)]
 
 
-@dataclass
-class Manifest:
+class Manifest(BaseModel):
     """What a committed entry holds; written last, so its presence means "complete"."""
 
-    key: str
+    model_config = _STRICT
+
+    key: Annotated[str, AfterValidator(_content_key)]
     stage: str
     files: list[FileRecord]
-    meta: dict
-    compute_s: float
+    meta: dict[str, Any]
+    compute_s: float  # strict still takes an int (12 -> 12.0), as from_json always did
     created: float
-    format: int = MANIFEST_FORMAT
+    format: Annotated[int, AfterValidator(_known_format)] = MANIFEST_FORMAT
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Manifest:
+        if len({f.name for f in self.files}) != len(self.files):
+            raise ValueError("duplicate file names")
+        return self
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
     def to_json(self) -> str:
-        doc = asdict(self)
-        return json.dumps(doc, sort_keys=True, indent=1, allow_nan=False, ensure_ascii=True)
+        """The manifest's bytes on disk; any change would strand existing stores."""
+        return json.dumps(self.model_dump(), sort_keys=True, indent=1, allow_nan=False,
+                          ensure_ascii=True)
 
     @classmethod
     def from_json(
-        cls, text: str | bytes, *, key: str | None = None, source: str = MANIFEST
+        cls, text: str | bytes, *, key: str | None = None, source: str | None = None
     ) -> Manifest:
         """Parse and validate a manifest; anything off raises CorruptEntryError.
 
         Strict on purpose: a manifest is the commit record, and a malformed one
         (or one whose file names try to escape the entry) must not be trusted.
+        The message names the manifest (and so its key) and the bad field.
         """
+        doc: Any = None
 
         def bad(reason: str) -> CorruptEntryError:
-            return CorruptEntryError(f"corrupt manifest {source}: {reason}", key=key, file=MANIFEST)
+            named = key if key is not None else doc.get("key") if isinstance(doc, dict) else None
+            where = source or (f"objects/{named}/{MANIFEST}" if is_key(named) else MANIFEST)
+            return CorruptEntryError(f"corrupt manifest {where}: {reason}", key=key, file=MANIFEST)
 
         try:
-            doc = json.loads(text)
+            doc = json.loads(text)  # json, not pydantic's parser: meta reads as it always did
         except (ValueError, UnicodeDecodeError) as e:
             raise bad(f"not JSON ({e})") from None
         if not isinstance(doc, dict):
             raise bad("not a JSON object")
-        fields = {"key", "stage", "files", "meta", "compute_s", "created", "format"}
-        if set(doc) != fields:
-            raise bad(f"fields {sorted(doc)} != {sorted(fields)}")
-        if doc["format"] != MANIFEST_FORMAT or isinstance(doc["format"], bool):
-            raise bad(f"unsupported format {doc['format']!r}")
-        if not is_key(doc["key"]):
-            raise bad("key is not a content key")
-        if key is not None and doc["key"] != key:
-            raise bad(f"manifest is for key {doc['key']}")
-        if not isinstance(doc["stage"], str):
-            raise bad("stage is not a string")
-        if not isinstance(doc["meta"], dict):
-            raise bad("meta is not an object")
-        if not _is_number(doc["compute_s"]) or not _is_number(doc["created"]):
-            raise bad("compute_s/created are not finite numbers")
-        if not isinstance(doc["files"], list):
-            raise bad("files is not a list")
-        files = []
-        for rec in doc["files"]:
-            if not isinstance(rec, dict) or set(rec) != {"name", "size", "sha256"}:
-                raise bad(f"bad file record {rec!r}")
-            try:
-                name = _check_file_name(rec["name"])
-            except ValueError as e:
-                raise bad(str(e)) from None
-            size, digest = rec["size"], rec["sha256"]
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise bad(f"bad size for {name}")
-            if not is_key(digest):  # same shape: 64 lowercase hex
-                raise bad(f"bad sha256 for {name}")
-            files.append(FileRecord(name, size, digest))
-        if len({f.name for f in files}) != len(files):
-            raise bad("duplicate file names")
-        return cls(
-            key=doc["key"],
-            stage=doc["stage"],
-            files=files,
-            meta=doc["meta"],
-            compute_s=float(doc["compute_s"]),
-            created=float(doc["created"]),
-            format=doc["format"],
-        )
+        if "format" not in doc:  # defaulted for new manifests only: a stored one states it
+            raise bad("format: Field required")
+        try:
+            m = cls.model_validate(doc)
+        except ValidationError as e:
+            raise bad(_first_problem(e, doc)) from None
+        if key is not None and m.key != key:
+            raise bad(f"manifest is for key {m.key}")
+        return m
+
+
+def _first_problem(error: ValidationError, doc: dict[str, Any]) -> str:
+    """'<field>: <why>' for the first thing pydantic refused, naming the file if it was one."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    loc = first["loc"]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if len(loc) > 2 and loc[0] == "files" and isinstance(loc[1], int) and loc[2] != "name":
+        name = _file_name_at(doc, loc[1])
+        if name is not None:
+            where += f" of {name!r}"
+    why = first["msg"].removeprefix("Value error, ")
+    if first["type"] not in ("value_error", "missing", "extra_forbidden"):
+        shown = repr(first.get("input"))
+        why += f", got {shown if len(shown) <= 80 else shown[:77] + '...'}"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where or 'manifest'}: {why}{more}"
+
+
+def _file_name_at(doc: dict[str, Any], i: int) -> str | None:
+    files = doc.get("files")
+    rec = files[i] if isinstance(files, list) and i < len(files) else None
+    name = rec.get("name") if isinstance(rec, dict) else None
+    return name if isinstance(name, str) else None
 
 
 @dataclass
@@ -297,7 +339,7 @@ def _mtime(info: Mapping[str, Any]) -> float | None:
 
 
 def _copy_hashing(src: BinaryIO, out: BinaryIO | None) -> tuple[int, str]:
-    """Stream src (to out, if given) in chunks -> (size, sha256 hex)."""
+    """Stream src (to out, if given) in chunks -> (size, sha256 hex); the one hashing loop."""
     h, size = hashlib.sha256(), 0
     while chunk := src.read(_CHUNK):
         h.update(chunk)
@@ -317,7 +359,7 @@ def _mismatch(rec: FileRecord, size: int, digest: str) -> str | None:
 
 
 def _secret_values(options: Mapping[str, Any]) -> list[str]:
-    """Literal credential strings in storage_options, to scrub from messages."""
+    """Literal credential strings in storage_options, for ``redact`` to scrub from messages."""
     out: list[str] = []
     for k, v in options.items():
         if isinstance(v, Mapping):
@@ -346,6 +388,144 @@ def _local_files(local_dir: Path) -> list[tuple[str, Path]]:
     return sorted(out)
 
 
+# --------------------------------------------------------------------------- backends
+
+
+class _Backend(Protocol):
+    """What differs between local disk and object stores; the store picks one in __init__."""
+
+    def probe(self, create: bool) -> None:
+        """Check once, quickly, that the root is there (making it with ``create``)."""
+
+    def put(self, path: str, data: bytes) -> None:
+        """Write one object whole, so no reader ever sees part of it."""
+
+    def start_entry(self, files_dir: str) -> None:
+        """Prepare an entry's files folder before its uploads (an empty entry included)."""
+
+    def in_place(self, files_dir: str) -> Path | None:
+        """A local path to use an entry's files without copying them, or None."""
+
+
+class _LocalBackend:
+    """Local disk: atomic renames, real directories, files handed out in place."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, options: dict) -> None:
+        self.fs, self.root = fs, root
+
+    @staticmethod
+    def prepare(options: dict[str, Any]) -> None:
+        """Storage options before the filesystem is made: parents of a file are created."""
+        options.setdefault("auto_mkdir", True)
+
+    def probe(self, create: bool) -> None:
+        """The root must be a directory (made with ``create``)."""
+        if create:
+            os.makedirs(self.root, exist_ok=True)
+        if not os.path.isdir(self.root):
+            raise NotADirectoryError(f"{self.root} is not a directory")
+
+    def put(self, path: str, data: bytes) -> None:
+        """A temp file renamed over the target: a killed writer leaves only a .tmp file."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def start_entry(self, files_dir: str) -> None:
+        """An empty entry still fetches as a directory."""
+        os.makedirs(files_dir, exist_ok=True)
+
+    def in_place(self, files_dir: str) -> Path | None:
+        """The store's own files: no copy (callers treat them as read-only)."""
+        return Path(files_dir)
+
+
+class _RemoteBackend:
+    """An object store (memory:// here, S3 below): one put per object, no real directories."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, options: dict) -> None:
+        self.fs, self.root, self.options = fs, root, options
+
+    @staticmethod
+    def prepare(options: dict[str, Any]) -> None:
+        """Storage options before the filesystem is made: nothing to add."""
+
+    def probe(self, create: bool) -> None:
+        """The root must exist (made with ``create``)."""
+        if create:
+            self.fs.makedirs(self.root, exist_ok=True)
+        elif not self.fs.isdir(self.root):
+            raise FileNotFoundError(f"{self.root} does not exist")
+
+    def put(self, path: str, data: bytes) -> None:
+        """One PUT: object stores replace objects whole."""
+        self.fs.pipe_file(path, data)
+
+    def start_entry(self, files_dir: str) -> None:
+        """Nothing: prefixes exist through their objects."""
+
+    def in_place(self, files_dir: str) -> Path | None:
+        """None: remote files are downloaded (and cached) before use."""
+        return None
+
+
+class _S3Backend(_RemoteBackend):
+    """S3: bounded timeouts and retries, no listing cache, a fast bucket probe."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, options: dict) -> None:
+        super().__init__(fs, root, options)
+        fs.retries = 1  # no s3fs retry loops: botocore's (S3_CONFIG) are the only ones
+
+    @staticmethod
+    def prepare(options: dict[str, Any]) -> None:
+        """Storage options before the filesystem is made: see S3_CONFIG."""
+        # s3fs caches listings; a stale cache would make has() lie after
+        # another process commits or deletes.
+        options.setdefault("use_listings_cache", False)
+        # one request per small read: with more, s3fs first asks for the size (one more
+        # request to wait for in an outage) to split a big read into parallel ranges
+        options.setdefault("max_concurrency", 1)
+        config = {**S3_CONFIG, **dict(options.get("config_kwargs") or {})}
+        options["config_kwargs"] = config
+        # fsspec reuses filesystems by their options: an endpoint read from the
+        # environment must be one of them, or a store opened after the
+        # environment changed would talk to the old endpoint
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+            "AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in options and \
+                "endpoint_url" not in (options.get("client_kwargs") or {}):
+            options["endpoint_url"] = endpoint
+
+    def probe(self, create: bool) -> None:
+        """HEAD the bucket with short timeouts and no retries: a wrong endpoint fails in
+        seconds (``create`` does not make buckets)."""
+        options = dict(self.options)
+        config = dict(options.get("config_kwargs") or {})
+        config.update(_PROBE_CONFIG, retries={"total_max_attempts": 1})
+        options.update(config_kwargs=config, skip_instance_cache=True)
+        probe = type(self.fs)(**options)
+        probe.retries = 1  # s3fs's own retry loop for timeouts
+        bucket = self.root.split("/", 1)[0]
+        try:
+            probe.info(bucket)  # HEAD bucket
+        except FileNotFoundError:
+            raise FileNotFoundError(f"bucket {bucket} does not exist") from None
+
+
+def _backend_class(protocol: str) -> type[_LocalBackend] | type[_RemoteBackend]:
+    """Local disk, memory:// or S3, by the URL's protocol (one of SUPPORTED_PROTOCOLS)."""
+    if issubclass(fsspec.get_filesystem_class(protocol), LocalFileSystem):
+        return _LocalBackend
+    return _RemoteBackend if protocol == "memory" else _S3Backend
+
+
 class ArtifactStore:
     """Content-addressed stage outputs in one fsspec location.
 
@@ -363,7 +543,7 @@ class ArtifactStore:
         url = os.fspath(url)
         options = dict(storage_options or {})
         self._secrets = _secret_values(options)
-        shown = redact(url, self._secrets)
+        shown = self._redact(url)
         protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
         if not url.strip() or url.strip() != url:
             raise StoreError(f"store URL {url!r}: empty or surrounded by spaces")
@@ -372,24 +552,14 @@ class ArtifactStore:
                              f"(use a local path, file://, s3:// or memory://)")
         if "://" in url and not url.split("://", 1)[1].strip("/"):
             raise StoreError(f"store URL {shown}: no bucket or directory after {protocol}://")
+        if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            # s3fs would take "user:pass@bucket" as a bucket name and quote it in errors
+            raise StoreError(f"store URL {shown}: credentials in a store URL are not supported "
+                             f"(they would reach logs); use the AWS_* environment variables, "
+                             f"a profile or storage options")
         try:
-            cls = fsspec.get_filesystem_class(protocol)
-            if issubclass(cls, LocalFileSystem):
-                options.setdefault("auto_mkdir", True)
-            elif protocol != "memory":
-                # s3fs caches listings; a stale cache would make has() lie after
-                # another process commits or deletes.
-                options.setdefault("use_listings_cache", False)
-                config = {**S3_CONFIG, **dict(options.get("config_kwargs") or {})}
-                options["config_kwargs"] = config
-                # fsspec reuses filesystems by their options: an endpoint read from the
-                # environment must be one of them, or a store opened after the
-                # environment changed would talk to the old endpoint
-                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-                    "AWS_ENDPOINT_URL")
-                if endpoint and "endpoint_url" not in options and \
-                        "endpoint_url" not in (options.get("client_kwargs") or {}):
-                    options["endpoint_url"] = endpoint
+            backend = _backend_class(protocol)
+            backend.prepare(options)
             self.fs, root = url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError, OSError) as e:
             raise StoreError(self._redact(f"cannot open store {shown}: {e}")) from None
@@ -397,11 +567,7 @@ class ArtifactStore:
         self.storage_options: dict = dict(storage_options or {})  # as given, for other fsspec users
         self.root: str = root.rstrip("/") or root
         self.url: str = self.fs.unstrip_protocol(self.root)
-        self._local = isinstance(self.fs, LocalFileSystem)
-        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
-        self._s3 = "s3" in protocols
-        if self._s3:
-            self.fs.retries = S3_ATTEMPTS  # s3fs's own loop over timeouts and disconnects
+        self._backend: _Backend = backend(self.fs, self.root, options)
         if not self.root.strip("/"):
             raise StoreError(self._redact(f"cannot open store {shown}: no bucket or directory"))
         base = cache_dir or os.environ.get("MEMOTUNE_FETCH_DIR")
@@ -417,6 +583,7 @@ class ArtifactStore:
         return f"ArtifactStore({self._redact(self.url)!r})"
 
     def _redact(self, text: str) -> str:
+        """Every message the store makes goes through here: no credentials in errors."""
         return redact(text, self._secrets)
 
     @contextmanager
@@ -443,6 +610,9 @@ class ArtifactStore:
     def _entry_dir(self, key: str) -> str:
         return self._p("objects", check_key(key))
 
+    def _files_dir(self, key: str) -> str:
+        return self._p("objects", check_key(key), "files")
+
     def _manifest_path(self, key: str) -> str:
         return self._p("objects", check_key(key), MANIFEST)
 
@@ -462,20 +632,8 @@ class ArtifactStore:
             return False
 
     def _put(self, path: str, data: bytes) -> None:
-        """Write one object whole: atomic rename on local disk, one PUT elsewhere."""
-        if self._local:
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        else:
-            self.fs.pipe_file(path, data)
+        """Write one object whole (see the backends), then forget any cached listing."""
+        self._backend.put(path, data)
         self.fs.invalidate_cache(path)
 
     def _rm(self, path: str, recursive: bool = False) -> None:
@@ -528,36 +686,13 @@ class ArtifactStore:
         """
         store = cls(url, storage_options, cache_dir=cache_dir)
         try:
-            store._probe(create)
+            store._backend.probe(create)
         except StoreError:
             raise
         except Exception as e:  # any failure to reach the store is reported the same way
             msg = f"cannot reach store {store.url}: {type(e).__name__}: {e}"
             raise StoreError(store._redact(msg)) from None
         return store
-
-    def _probe(self, create: bool) -> None:
-        if self._local:
-            if create:
-                os.makedirs(self.root, exist_ok=True)
-            if not os.path.isdir(self.root):
-                raise NotADirectoryError(f"{self.root} is not a directory")
-        elif self._s3:
-            options = dict(self._options)
-            config = dict(options.get("config_kwargs") or {})
-            config.update(_PROBE_CONFIG, retries={"total_max_attempts": 1})
-            options.update(config_kwargs=config, skip_instance_cache=True)
-            probe = type(self.fs)(**options)
-            probe.retries = 1  # s3fs's own retry loop for timeouts
-            bucket = self.root.split("/", 1)[0]
-            try:
-                probe.info(bucket)  # HEAD bucket
-            except FileNotFoundError:
-                raise FileNotFoundError(f"bucket {bucket} does not exist") from None
-        elif create:
-            self.fs.makedirs(self.root, exist_ok=True)
-        elif not self.fs.isdir(self.root):
-            raise FileNotFoundError(f"{self.root} does not exist")
 
     # ------------------------------------------------------------------ entries
 
@@ -606,12 +741,11 @@ class ArtifactStore:
             existing = self.manifest(key)
             if existing is not None:
                 return existing
-            if self._local:  # an empty entry still fetches as a directory
-                os.makedirs(self._p("objects", key, "files"), exist_ok=True)
+            self._backend.start_entry(self._files_dir(key))
             records = []
             for name, src in sources:
                 size, digest = self._upload(src, self._file_path(key, name))
-                records.append(FileRecord(name, size, digest))
+                records.append(FileRecord(name=name, size=size, sha256=digest))
             m = Manifest(
                 key=key,
                 stage=stage,
@@ -619,6 +753,7 @@ class ArtifactStore:
                 meta=meta,
                 compute_s=float(compute_s),
                 created=time.time(),
+                format=MANIFEST_FORMAT,
             )
             existing = self.manifest(key)  # someone else may have committed meanwhile
             if existing is not None:
@@ -642,15 +777,15 @@ class ArtifactStore:
                 target = Path(dest)
                 self._download(m, target, verify)
                 return target
-            if self._local:
-                files_dir = Path(self._p("objects", key, "files"))
-                if verify:
-                    for rec in m.files:
-                        if reason := self._file_problem(key, rec):
-                            raise self._corrupt(key, rec.name, reason)
-                files_dir.mkdir(parents=True, exist_ok=True)
-                return files_dir
-            return self._fetch_cached(m)
+            files_dir = self._backend.in_place(self._files_dir(key))
+            if files_dir is None:
+                return self._fetch_cached(m)
+            if verify:
+                for rec in m.files:
+                    if reason := self._file_problem(key, rec):
+                        raise self._corrupt(key, rec.name, reason)
+            files_dir.mkdir(parents=True, exist_ok=True)
+            return files_dir
 
     def _file_problem(self, key: str, rec: FileRecord) -> str | None:
         """Re-hash one stored file; why it doesn't match its record, or None."""
@@ -748,10 +883,6 @@ class ArtifactStore:
         """Write the result record of a committed entry, whole, in one put."""
         with self._io(f"write record {key}"):
             self._put(self._record_path(key), data)
-
-    def delete_record(self, key: str) -> None:
-        with self._io(f"delete record {key}"):
-            self._rm(self._record_path(key))
 
     # ------------------------------------------------------------------ listing (not hot paths)
 
@@ -867,7 +998,7 @@ class ArtifactStore:
             for rec in m.files:
                 if reason := self._file_problem(key, rec):
                     problems.append(f"{rec.name}: {reason}")
-            files_dir = self._p("objects", key, "files")
+            files_dir = self._files_dir(key)
             try:
                 present = self.fs.find(files_dir)
             except FileNotFoundError:
@@ -910,6 +1041,8 @@ class ArtifactStore:
                 report[name].append(damaged_records[name])
         return report
 
+    # ------------------------------------------------------------------ gc
+
     def gc(
         self,
         *,
@@ -934,20 +1067,19 @@ class ArtifactStore:
         report = GcReport(dry_run=dry_run)
         with self._io("gc"):
             scan = self._scan()
-            self._gc_garbage(scan, grace_s, report)
+            self._gc_uncommitted(scan, grace_s, report)
             committed = sorted(k for k, s in scan.items() if is_key(k) and s["manifest"])
             entries, corrupt = self._read_manifests(committed)
-            self._gc_entries(sorted(corrupt), scan, report)
+            self._gc_corrupt_manifests(sorted(corrupt), scan, report)
             self._gc_strays(entries, scan, report)
             self._gc_records(set(entries), grace_s, report)
-            doomed, spared = _expired(sorted(entries.values(), key=lambda m: m.created),
-                                      older_than_s, max_bytes, self.leased_keys())
-            report.kept_leased += [m.key for m in spared]
-            self._gc_entries([m.key for m in doomed], scan, report)
+            self._gc_expired(entries, scan, older_than_s, max_bytes, report)
         return report
 
-    def _gc_garbage(self, scan: dict[str, dict[str, Any]], grace_s: float,
-                    report: GcReport) -> None:
+    def _gc_uncommitted(self, scan: dict[str, dict[str, Any]], grace_s: float,
+                        report: GcReport) -> None:
+        """Files of commits that never wrote a manifest (killed), once grace_s says none is
+        still in flight."""
         now = time.time()
         for key, slot in sorted(scan.items()):
             if not is_key(key) or slot["manifest"]:
@@ -962,12 +1094,17 @@ class ArtifactStore:
             if not report.dry_run:
                 self._rm(self._entry_dir(key), recursive=True)
 
+    def _gc_corrupt_manifests(self, keys: list[str], scan: dict[str, dict[str, Any]],
+                              report: GcReport) -> None:
+        """Entries whose manifest can't be trusted: every run would recompute them anyway."""
+        self._remove_entries(keys, scan, report)
+
     def _gc_strays(self, entries: dict[str, Manifest], scan: dict[str, dict[str, Any]],
                    report: GcReport) -> None:
         """Files inside a committed entry that its manifest does not list (none are ever
         added after the manifest: a commit uploads every file first)."""
         for key, m in sorted(entries.items()):
-            files_dir = self._p("objects", key, "files")
+            files_dir = self._files_dir(key)
             known = {self._file_path(key, r.name) for r in m.files}
             for path, info in sorted(scan[key]["files"].items()):
                 if (info.get("type") == "directory" or not path.startswith(files_dir + "/")
@@ -979,6 +1116,8 @@ class ArtifactStore:
                     self._rm(path)
 
     def _gc_records(self, committed: set[str], grace_s: float, report: GcReport) -> None:
+        """Result records Prefect must not meet: damaged ones at once; orphans, failure
+        records and unfinished writes once grace_s says no commit is writing them."""
         now = time.time()
         records = self._records()
         damaged = self._record_problems(sorted(k for k in records if k in committed))
@@ -995,11 +1134,21 @@ class ArtifactStore:
             if not report.dry_run:
                 self._rm(self._p("prefect", name))
 
-    def _gc_entries(self, keys: list[str], scan: dict[str, dict[str, Any]],
+    def _gc_expired(self, entries: dict[str, Manifest], scan: dict[str, dict[str, Any]],
+                    older_than_s: float | None, max_bytes: int | None,
                     report: GcReport) -> None:
+        """Entries past the age or size bounds the caller set, oldest first, to free space."""
+        oldest_first = sorted(entries.values(), key=lambda m: m.created)
+        doomed, spared = _expired(oldest_first, older_than_s, max_bytes, self.leased_keys())
+        report.kept_leased += [m.key for m in spared]
+        self._remove_entries([m.key for m in doomed], scan, report)
+
+    def _remove_entries(self, keys: list[str], scan: dict[str, dict[str, Any]],
+                        report: GcReport) -> None:
+        """Delete whole entries, except those leased now (a run may have started since)."""
         if not keys:
             return
-        leased = self.leased_keys()  # again: a run may have started since
+        leased = self.leased_keys()
         for key in keys:
             if key in leased:
                 report.kept_leased.append(key)

@@ -46,13 +46,18 @@ def store_url(store: str | None) -> str:
 
 
 def fail(message: str) -> NoReturn:
-    """One line on stderr, exit 2. The message is plain text: never read as rich markup
+    """One line on stderr, exit 2."""
+    fail_line(message)
+    raise typer.Exit(2)
+
+
+def fail_line(message: str) -> None:
+    """'error: <message>' on one line of stderr. Plain text: never read as rich markup
     (a URL or a value may hold "[...]"), line breaks and control characters escaped."""
     from flows.validation import one_line
 
     err.print(Text.assemble(("error:", "bold red"), " ", one_line(message)),
               highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -467,5 +472,25 @@ def _parse_age(text: str) -> float:
     raise ValueError(f"cannot read age {text!r} (e.g. 30m, 12h, 7d)")
 
 
+def main() -> None:
+    """The `memotune` command. A usage error (an unknown option, a missing value) is
+    one plain line and exit 2, like every other bad input; Typer would draw a panel."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted", highlight=False)
+        sys.exit(1)
+    except typer.TyperException as e:  # Click's usage errors, as Typer vendors them
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" or not hasattr(e, "format_message"):
+            e.show()  # a bare `memotune` (or a group): its help
+            sys.exit(getattr(e, "exit_code", 2))
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        fail_line(e.format_message() + hint)
+        sys.exit(getattr(e, "exit_code", 2))
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -19,10 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from flows.validation import ConfigError, check_values, one_line, show_value
-from stages.data_prep import DataPrepParams
-from stages.evaluate import METRICS, EvaluateParams
-from stages.finetune import IntermediateParams, TargetParams
-from stages.optim import OptimizerSettings
+from stages.optim.settings import OptimizerSettings
+from stages.params import METRICS, DataPrepParams, EvaluateParams, IntermediateParams, TargetParams
 from stages.pipeline import STAGE_NAMES
 
 # The built-in example's search space: both loops (tune adamw's learning rate,

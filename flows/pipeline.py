@@ -80,7 +80,7 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
         workdir.mkdir()
         ctx = StageContext(device=device, logger=logger, progress=progress, stage=stage, key=key)
         t0 = time.perf_counter()
-        result = spec.run(params, upstream, workdir, ctx)
+        result = spec.load_run()(params, upstream, workdir, ctx)
         compute_s = time.perf_counter() - t0
         manifest = store.commit(key, workdir, stage=stage, compute_s=compute_s,
                                 meta={"metrics": result.metrics, "meta": result.meta,
@@ -92,16 +92,19 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
 
 def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactStore,
               device: str, progress: bool, locks: LockManager) -> list[dict[str, Any]]:
-    task_fn = run_stage.with_options(result_storage=result_storage(store),
-                                     cache_policy=stage_policy(locks))
+    records = result_storage(store)
+    options = dict(result_storage=records, task_run_name="{stage}[{key:.10}]")
+    computing = run_stage.with_options(cache_policy=stage_policy(locks), **options)
+    reading = run_stage.with_options(cache_policy=stage_policy(None), **options)
     rows: list[dict[str, Any]] = []
     keys: dict[str, str] = {}
     for stage, key, params in planned:
         keys[stage.name] = key
         t0 = time.perf_counter()
-        state = task_fn.with_options(task_run_name=f"{stage.name}[{key[:10]}]")(
-            stage.name, key, params, {n: keys[n] for n in stage.needs}, store.url, device,
-            progress, return_state=True)
+        # a sound record now: a hit that needs no lock; else lock, look again, compute
+        task_fn = reading if records.is_hit(key) else computing
+        state = task_fn(stage.name, key, params, {n: keys[n] for n in stage.needs}, store.url,
+                        device, progress, return_state=True)
         wall = time.perf_counter() - t0
         try:
             out = state.result()  # raises the stage's exception on failure
@@ -153,6 +156,7 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
                     raise
                 logger.warning("%s; deleting it and recomputing", e)
                 store.delete(e.key)
+                result_storage(store).forget(e.key)
     metrics = rows[-1]["output"]["metrics"]
     summary = {
         "objective": cfg.objective_value(metrics),

@@ -1,17 +1,15 @@
 """Plan: per-stage content keys and what is cached, with no I/O but lookups.
 
-The same function prices a candidate for the tuner (`memotune plan` shows it):
-key_k = sha256(stage name, version, code hash, params_k, key_{k-1}, and the
-fingerprint of the data files the stage declares as inputs: their content, with
-their paths in params_k replaced by their roles).
+The same function prices a candidate for the tuner (`memotune plan` shows it).
+The key rule itself is `cache.keys.chain_keys`; here a config becomes its
+stages' key material.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import cache
 
-from cache.keys import fingerprint_inputs, source_hash, stage_key, without_paths
+from cache.keys import KeyMaterial, chain_keys
 from cache.store import ArtifactStore, CorruptEntryError
 from flows.config import PipelineConfig
 from stages.base import Stage
@@ -31,25 +29,13 @@ class StagePlan:
         return asdict(self)
 
 
-@cache
-def code_hash(stage: Stage) -> str:
-    return source_hash(*stage.code)
-
-
 def stage_keys(cfg: PipelineConfig) -> list[tuple[Stage, str, dict]]:
     """(stage, key, params) in pipeline order; pure apart from hashing data files."""
-    out: list[tuple[Stage, str, dict]] = []
-    upstream: str | None = None
-    for stage in STAGES:
-        params = cfg.stage_params(stage.name)
-        inputs = stage.inputs(params) if stage.inputs else {}
-        fingerprint = fingerprint_inputs(inputs) if stage.inputs else None
-        key = stage_key(stage=stage.name, version=stage.version, code_hash=code_hash(stage),
-                        params=without_paths(params, inputs), upstream=upstream,
-                        data_fingerprint=fingerprint)
-        out.append((stage, key, params))
-        upstream = key
-    return out
+    params = [cfg.stage_params(stage.name) for stage in STAGES]
+    keys = chain_keys([KeyMaterial(stage=stage.name, version=stage.version, code=stage.code,
+                                   params=p, inputs=stage.inputs(p) if stage.inputs else None)
+                       for stage, p in zip(STAGES, params, strict=True)])
+    return list(zip(STAGES, keys, params, strict=True))
 
 
 def plan(cfg: PipelineConfig, store: ArtifactStore,

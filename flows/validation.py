@@ -43,7 +43,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stages.data_prep import FILE_FORMATS as DATA_FILE_FORMATS
+from stages.params import FILE_FORMATS as DATA_FILE_FORMATS
 
 if TYPE_CHECKING:
     from flows.config import PipelineConfig
@@ -280,9 +280,6 @@ def check_sources(cfg: PipelineConfig) -> None:
 def check_data(cfg: PipelineConfig) -> None:
     """Each data file a run reads can be read as configured (`stages.data_prep.check_split`:
     the stage's own readers, a few KB per file). Raises ConfigError naming the field and file."""
-    from cache.keys import redact
-    from stages.data_prep import DataFileError, check_split
-
     dp = cfg.data_prep
     t, it = dp.target, dp.intermediate
     reads = []
@@ -293,6 +290,11 @@ def check_data(cfg: PipelineConfig) -> None:
                    None)]
     if it.task == "realfake" and it.source in FILE_FORMATS:
         reads.append(("data_prep.intermediate", it, it.split, [it.text_field], None))
+    if not reads:
+        return
+    from cache.keys import redact
+    from stages.data_prep import DataFileError, check_split  # numpy, pyarrow: only for files
+
     for prefix, src, split, columns, label in reads:
         field = f"{prefix}.data_files.{split}"
         try:

@@ -7,11 +7,11 @@ an empty work folder to write its outputs into, and a small context.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -54,17 +54,25 @@ RunFn = Callable[[Mapping[str, Any], Mapping[str, Path], Path, StageContext], St
 class Stage:
     """A pipeline stage: `run(params, upstream_dirs, workdir, ctx)`.
 
-    `needs` names the earlier stages whose files `run` reads (their entries are
-    fetched and verified before it starts); `code` lists the modules whose
-    source goes into the stage's key, so editing them invalidates its cache.
-    `inputs` names the data files the stage reads, by role (e.g. "target.train"
-    -> [paths or URLs]): their content, not where they are, goes into its key.
+    `run` is named, "module:function", and imported only when the stage
+    computes: a cache hit never loads the ML stack. `needs` names the earlier
+    stages whose files `run` reads (their entries are fetched and verified
+    before it starts); `code` names the modules whose source goes into the
+    stage's key (read from their files, not imported), so editing them
+    invalidates its cache. `inputs` names the data files the stage reads, by
+    role (e.g. "target.train" -> [paths or URLs]): their content, not where
+    they are, goes into its key.
     """
 
     name: str
     version: str
     params_model: type[Params]
-    run: RunFn
+    run: str
     needs: tuple[str, ...] = ()
-    code: tuple[ModuleType, ...] = ()
+    code: tuple[str, ...] = ()
     inputs: Callable[[Mapping[str, Any]], dict[str, list[str]]] | None = None
+
+    def load_run(self) -> RunFn:
+        """The stage's function, imported now (torch and friends with it)."""
+        module, _, name = self.run.partition(":")
+        return getattr(importlib.import_module(module), name)

@@ -20,134 +20,25 @@ import math
 import os
 import random
 import re
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field, field_validator
 
 from stages import builtin_world
-from stages.base import Params, Stage, StageContext, StageResult
-
-# source -> reader: `tsv` is csv with a tab, `jsonl` is json (lines or one document)
-FILE_FORMATS: dict[str, str] = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json",
-                                "parquet": "parquet"}
-DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|",
-                   "space": " "}
-
-
-class DataSource(Params):
-    """Where a dataset comes from: `builtin`, a hub name, or csv/tsv/json/jsonl/parquet files."""
-
-    source: str = "builtin"
-    subset: str | None = None
-    revision: str | None = None
-    data_files: dict[str, str | list[str]] | None = None
-    # csv/tsv only; None: tab for source tsv and *.tsv / *.tab files, else comma
-    delimiter: str | None = None
-
-    @field_validator("data_files")
-    @classmethod
-    def _files_need_format(cls, v: Any, info: Any) -> Any:
-        if v is not None and info.data.get("source") not in FILE_FORMATS:
-            raise ValueError(f"data_files needs source to be one of {', '.join(FILE_FORMATS)}")
-        return v
-
-    @field_validator("delimiter")
-    @classmethod
-    def _one_character(cls, v: str | None, info: Any) -> str | None:
-        if v is None:
-            return v
-        source = info.data.get("source")
-        if FILE_FORMATS.get(source) != "csv":
-            raise ValueError(f"a delimiter applies to csv/tsv files only (source is {source!r})")
-        v = DELIMITER_NAMES.get(v.lower(), v) if len(v) > 1 else v
-        if len(v) != 1 or v in "\"\r\n":
-            raise ValueError(f"must be one character (or tab, comma, semicolon, pipe, space), "
-                             f"got {v!r}")
-        if source == "tsv" and v != "\t":
-            raise ValueError(f"source tsv is tab-separated; for {v!r} use source csv")
-        return v
-
-
-class TargetData(DataSource):
-    text_fields: list[str] = Field(default_factory=lambda: ["text"], min_length=1, max_length=2)
-    label_field: str = "label"
-    train_split: str = "train"
-    validation_split: str = "validation"
-    # n_train / n_validation: a random sample (seeded by sample_seed) of that many rows,
-    # per label in proportion when stratify is true; None: every row, in file order
-    n_train: int | None = Field(default=None, gt=0)
-    n_validation: int | None = Field(default=None, gt=0)
-    sample_seed: int = Field(default=0, ge=0)
-    stratify: bool = False
-
-
-class IntermediateData(DataSource):
-    """The STILTs real/fake task (Chang & Lu 2021), or none."""
-
-    task: Literal["realfake", "none"] = "realfake"
-    text_field: str = "text"
-    split: str = "train"
-    n_examples: int = Field(default=3000, gt=0)
-    n_choices: int = Field(default=4, ge=2)
-    min_words: int = Field(default=20, ge=2)
-    max_words: int = Field(default=30, ge=2)
-    # fewer than n_examples sentences of >= min_words: min_words is lowered, at most down
-    # to min(min_words_floor, min_words), until enough qualify (info.json says what was used)
-    min_words_floor: int = Field(default=8, ge=2)
-    generator: str = "builtin"  # or a causal LM name/path for transformers
-    top_p: float = Field(default=0.9, gt=0, le=1)
-    temperature: float = Field(default=1.0, gt=0)
-
-
-class BuiltinSizes(Params):
-    n_train: int = Field(default=1000, gt=0)
-    n_validation: int = Field(default=1000, gt=0)
-    corpus_size: int = Field(default=4000, gt=0)
-
-
-# max_length: auto is clamped to this range. Not below 32 (the former fixed default): the
-# built-in task's texts are 12 tokens, and at 12 its intermediate real/fake training
-# stalled at chance in 4 of 4 seeds (3 of 4 learned at 32; the same model in law, other
-# dropout draws), so short texts keep the length they always had.
-MAX_LENGTH_AUTO = (32, 512)
-
-
-class DataPrepParams(Params):
-    target: TargetData = Field(default_factory=TargetData)
-    intermediate: IntermediateData = Field(default_factory=IntermediateData)
-    builtin: BuiltinSizes = Field(default_factory=BuiltinSizes)
-    tokenizer: str = "builtin"  # or a tokenizer name/path (AutoTokenizer)
-    # the builtin tokenizer's vocabulary (from all training text): at most vocab_size
-    # entries, words seen at least min_frequency times
-    vocab_size: int = Field(default=30000, ge=16)
-    min_frequency: int = Field(default=1, ge=1)
-    # tokens per text; auto: the max_length_percentile of the tokenized training texts'
-    # lengths (target train, and the intermediate task's), clamped to MAX_LENGTH_AUTO
-    max_length: Annotated[int, Field(ge=8)] | Literal["auto"] = "auto"
-    max_length_percentile: float = Field(default=95.0, ge=50, le=100)
-    guidance_fraction: float = Field(default=0.05, gt=0, lt=0.5)
-    guidance_min: int = Field(default=32, ge=1)
-    seed: int = 0
-
-    @field_validator("max_length", mode="before")
-    @classmethod
-    def _length_or_auto(cls, v: Any) -> Any:
-        if isinstance(v, str) and v == "auto":
-            return v
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 8 or \
-                (isinstance(v, float) and not v.is_integer()):
-            shown = repr(v) if not isinstance(v, int | float) or abs(v) < 1e12 else "a huge number"
-            raise ValueError(f"must be auto or a whole number >= 8, got {shown[:40]}")
-        return v
-
+from stages.base import StageContext, StageResult
+from stages.params import (
+    FILE_FORMATS,
+    MAX_LENGTH_AUTO,
+    DataPrepParams,
+    DataSource,
+    IntermediateData,
+)
 
 # ---------------------------------------------------------------- reading files
 
@@ -1000,16 +891,3 @@ def run(params: Mapping[str, Any], upstream: Mapping[str, Path], workdir: Path,
     metrics.update(num_labels=float(len(names)), max_length=float(max_length),
                    vocab_size=float(len(tok)))
     return StageResult(metrics=metrics, meta=info)
-
-
-def data_inputs(params: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The files data_prep reads, by role ("target.train", "intermediate.train", ...)."""
-    roles: dict[str, list[str]] = {}
-    for name in ("target", "intermediate"):
-        for split, files in (params[name].get("data_files") or {}).items():
-            roles[f"{name}.{split}"] = [files] if isinstance(files, str) else list(files)
-    return roles
-
-
-STAGE = Stage(name="data_prep", version="1", params_model=DataPrepParams, run=run,
-              needs=(), code=(sys.modules[__name__], builtin_world), inputs=data_inputs)

@@ -7,7 +7,6 @@ Matthews correlation, computed here in numpy so no extra dependency is needed.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from stages import training
-from stages.base import Params, Stage, StageContext, StageResult
+from stages.base import StageContext, StageResult
 from stages.data_prep import read_table
-
-METRICS = ("accuracy", "f1", "mcc", "loss")
-
-
-class EvaluateParams(Params):
-    batch_size: int = Field(default=256, gt=0)
+from stages.params import EvaluateParams
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> dict[str, float]:
@@ -69,7 +62,3 @@ def run(params: Mapping[str, Any], upstream: Mapping[str, Path], workdir: Path,
     (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     ctx.logger.info("evaluate: %s", metrics)
     return StageResult(metrics=metrics)
-
-
-STAGE = Stage(name="evaluate", version="1", params_model=EvaluateParams, run=run,
-              needs=("data_prep", "target_finetune"), code=(sys.modules[__name__], training))

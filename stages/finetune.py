@@ -9,30 +9,16 @@ stage starts from the intermediate checkpoint's encoder with a new head.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
 from stages import training
-from stages.base import Stage, StageContext, StageResult
+from stages.base import StageContext, StageResult
 from stages.data_prep import read_table
-from stages.training import FinetuneParams, ModelSpec
+from stages.params import IntermediateParams, ModelSpec, TargetParams
 
 INTERMEDIATE_NAME, TARGET_NAME = "intermediate_finetune", "target_finetune"
-
-
-class IntermediateParams(FinetuneParams):
-    epochs: int = Field(default=4, gt=0)
-    enabled: bool = True
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    guidance_size: int = Field(default=64, gt=0)  # held-out real/fake examples for lookahead
-
-
-class TargetParams(FinetuneParams):
-    epochs: int = Field(default=10, gt=0)
 
 
 def _info(data_dir: Path) -> dict[str, Any]:
@@ -77,21 +63,3 @@ def run_target(params: Mapping[str, Any], upstream: Mapping[str, Path], workdir:
     report = training.train(model, train, p, ctx, guide=guide, desc="target")
     summary = training.save_outputs(model, report, workdir, ctx.label(TARGET_NAME))
     return StageResult(metrics={"train_loss": report.final_loss}, meta=summary)
-
-
-def _optim_modules() -> tuple:
-    """Every module of stages.optim: a change to any optimizer invalidates training stages."""
-    import importlib
-    import pkgutil
-
-    import stages.optim as optim
-
-    names = sorted(m.name for m in pkgutil.walk_packages(optim.__path__, "stages.optim."))
-    return (optim, *(importlib.import_module(n) for n in names))
-
-
-_CODE = (sys.modules[__name__], training, *_optim_modules())
-INTERMEDIATE = Stage(name=INTERMEDIATE_NAME, version="1", params_model=IntermediateParams,
-                     run=run_intermediate, needs=("data_prep",), code=_CODE)
-TARGET = Stage(name=TARGET_NAME, version="1", params_model=TargetParams, run=run_target,
-               needs=("data_prep", "intermediate_finetune"), code=_CODE)

@@ -14,65 +14,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 
-from stages.base import Params, StageContext
+from stages.base import StageContext
 from stages.optim import build_optimizer, parse_optimizer_settings, plot_trajectory
-
-Head = Literal["sequence", "multiple_choice"]
-
-
-class BuiltinModel(Params):
-    """A small BERT built from a config: the offline default's base model."""
-
-    hidden_size: int = Field(default=64, gt=0)
-    layers: int = Field(default=2, gt=0)
-    heads: int = Field(default=2, gt=0)
-    intermediate_size: int = Field(default=128, gt=0)
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-
-
-class ModelSpec(Params):
-    """The base model: a pretrained checkpoint by hub name or local path, or builtin."""
-
-    name_or_path: str | None = None
-    builtin: BuiltinModel = Field(default_factory=BuiltinModel)
-
-
-class Validation(Params):
-    """Held-out evaluation while training: a curve, the best epoch, early stopping.
-
-    The held-out slice is the stage's guidance split (never trained on; the
-    lookahead mode also steers by it). `select: best` keeps the weights of the
-    best evaluated epoch; `patience` stops after that many evaluations without
-    improvement. With the defaults the trained weights are those of the last
-    epoch, as without evaluation (it draws no random numbers).
-    """
-
-    every: int = Field(default=1, ge=0)  # evaluate every N epochs; 0: never
-    metric: Literal["loss", "accuracy"] = "loss"
-    select: Literal["last", "best"] = "last"
-    patience: int | None = Field(default=None, gt=0)
-
-
-class FinetuneParams(Params):
-    epochs: int = Field(default=3, gt=0)
-    batch_size: int = Field(default=32, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)
-    seed: int = 0
-    validation: Validation = Field(default_factory=Validation)
-    optimizer: dict[str, Any] = Field(default_factory=lambda: {"mode": "adamw", "lr": 1e-3},
-                                      validate_default=True)
-
-    @field_validator("optimizer")
-    @classmethod
-    def _full_optimizer_settings(cls, v: dict[str, Any]) -> dict[str, Any]:
-        # every default spelled out, so the stage key covers the mode's settings
-        return parse_optimizer_settings(v).model_dump()
+from stages.params import FinetuneParams, Head, ModelSpec, Validation
 
 
 def build_model(spec: ModelSpec, head: Head, *, vocab_size: int, max_length: int,

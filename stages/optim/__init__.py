@@ -7,53 +7,35 @@ Armijo line search, global or per layer). The training loop only needs
 :func:`parse_optimizer_settings`, :func:`build_optimizer` and the returned
 :class:`StepRunner`; the optimizers are plain ``torch.optim.Optimizer``
 subclasses usable on their own. See ``shared/spec/IN_STAGE.md``.
+
+Names load on first use (PEP 562): the settings are imported by config code
+that must not pay for torch, which only the optimizers need.
 """
 
-from .adam_hd import AdamHD
-from .errors import NonFiniteLossError
-from .groups import find_layer_stack, param_groups_by_layer
-from .lookahead import LookaheadHD, ce_loss_parts, make_guide_loss
-from .runner import StepRunner, build_optimizer, model_logits
-from .schedules import schedule_fn
-from .settings import (
-    AdamSLSSettings,
-    AdamWSettings,
-    HypergradientSettings,
-    LookaheadSettings,
-    OptimizerMode,
-    OptimizerSettings,
-    OptimizerSettingsBase,
-    PLASLSSettings,
-    parse_optimizer_settings,
-)
-from .sls import PLASLS, AdamSLS, SearchRecord, deterministic_closure
-from .trajectory import Trajectory, plot_trajectory
+import importlib
+from typing import Any
 
-__all__ = [
-    "AdamHD",
-    "AdamSLS",
-    "AdamSLSSettings",
-    "AdamWSettings",
-    "HypergradientSettings",
-    "LookaheadHD",
-    "LookaheadSettings",
-    "NonFiniteLossError",
-    "OptimizerMode",
-    "OptimizerSettings",
-    "OptimizerSettingsBase",
-    "PLASLS",
-    "PLASLSSettings",
-    "SearchRecord",
-    "StepRunner",
-    "Trajectory",
-    "build_optimizer",
-    "ce_loss_parts",
-    "deterministic_closure",
-    "find_layer_stack",
-    "make_guide_loss",
-    "model_logits",
-    "param_groups_by_layer",
-    "parse_optimizer_settings",
-    "plot_trajectory",
-    "schedule_fn",
-]
+_EXPORTS: dict[str, str] = {
+    "AdamHD": "adam_hd",
+    "NonFiniteLossError": "errors",
+    "find_layer_stack": "groups", "param_groups_by_layer": "groups",
+    "LookaheadHD": "lookahead", "ce_loss_parts": "lookahead", "make_guide_loss": "lookahead",
+    "StepRunner": "runner", "build_optimizer": "runner", "model_logits": "runner",
+    "schedule_fn": "schedules",
+    "AdamSLSSettings": "settings", "AdamWSettings": "settings",
+    "HypergradientSettings": "settings", "LookaheadSettings": "settings",
+    "OptimizerMode": "settings", "OptimizerSettings": "settings",
+    "OptimizerSettingsBase": "settings", "PLASLSSettings": "settings",
+    "parse_optimizer_settings": "settings",
+    "PLASLS": "sls", "AdamSLS": "sls", "SearchRecord": "sls", "deterministic_closure": "sls",
+    "Trajectory": "trajectory", "plot_trajectory": "trajectory",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

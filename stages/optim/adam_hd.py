@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .moments import update_adam_moments_
+from .settings import DEFAULT_HYPERGRAD_LR
 
 __all__ = ["AdamHD", "HypergradRule"]
 
@@ -26,7 +27,6 @@ HypergradRule = Literal["additive", "multiplicative"]
 #: Default hypergradient learning rates (beta). Additive: the reference
 #: implementation's Adam-HD default. Multiplicative: beta is a log-space step
 #: per unit of cosine, so 0.01 changes alpha by at most ~1% per step.
-DEFAULT_HYPERGRAD_LR: dict[str, float] = {"additive": 1e-8, "multiplicative": 1e-2}
 
 
 class AdamHD(Optimizer):

@@ -23,6 +23,7 @@ from torch.func import functional_call
 from torch.optim import Optimizer
 
 from .errors import NonFiniteLossError
+from .settings import HPARAM_NAMES
 
 __all__ = [
     "HPARAM_NAMES",
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 HyperparamName = Literal["lr", "weight_decay", "beta1", "beta2", "eps", "label_smoothing"]
-HPARAM_NAMES: tuple[str, ...] = ("lr", "weight_decay", "beta1", "beta2", "eps", "label_smoothing")
 
 
 @dataclass(frozen=True)

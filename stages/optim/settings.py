@@ -13,9 +13,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from .adam_hd import DEFAULT_HYPERGRAD_LR
-from .lookahead import HPARAM_NAMES
 from .schedules import ScheduleName
+
+# Defaults that the settings and the optimizers share (here: no torch to import them).
+DEFAULT_HYPERGRAD_LR: dict[str, float] = {"additive": 1e-8, "multiplicative": 1e-2}
+HPARAM_NAMES: tuple[str, ...] = ("lr", "weight_decay", "beta1", "beta2", "eps", "label_smoothing")
 
 __all__ = [
     "OptimizerSettingsBase",

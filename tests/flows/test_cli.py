@@ -257,3 +257,26 @@ def test_tune_needs_an_explicit_search_section_and_init_search_prints_one(tmp_pa
     with_search = _write(tmp_path, {"target_finetune": {"epochs": 4}, "search": search}, "s.yaml")
     assert load_config(with_search).search == search
     assert load_config().search and not load_config(cfg).search  # the built-in keeps its own
+
+
+@pytest.mark.parametrize("args", [["run", "--bogus"], ["run", "--set"], ["cache", "gc", "--older-than"],
+                                  ["plan", "a.yaml", "b.yaml"]])
+def test_a_usage_error_is_one_plain_line_exit_2(tmp_path, args):
+    done = subprocess.run([MEMOTUNE, *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "╭" not in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_credentials_in_a_store_url_are_refused_and_never_shown(tmp_path):
+    # s3fs took "user:pass@bucket" for a bucket name; botocore quoted it in its error
+    done = subprocess.run([MEMOTUNE, "plan", "--store", "s3://AKIAXXXX:s3cr3tv@bucket/x"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "AKIAXXXX" not in done.stderr and "s3cr3tv" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: store URL s3://***@bucket/x: credentials in a store URL are not supported "
+        "(they would reach logs); use the AWS_* environment variables, a profile or storage options"]

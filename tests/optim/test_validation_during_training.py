@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from stages.base import StageContext
-from stages.training import BuiltinModel, FinetuneParams, ModelSpec, build_model, train
+from stages.params import BuiltinModel, FinetuneParams, ModelSpec
+from stages.training import build_model, train
 
 
 def _data(n: int, seed: int) -> dict[str, torch.Tensor]:

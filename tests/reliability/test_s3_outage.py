@@ -59,26 +59,15 @@ def _check(fault_log, probe: str, url: str, proc, elapsed: float, rc: int | None
 
 
 def test_s3_server_paused_mid_run(cli, own_moto, fault_log):
-    """Paused S3: the run must not damage the store, and must end by itself once the
-    server resumes. KNOWN GAP (issue 8 stays open): a run does not always end within
-    S3_BOUND_S + 60 s while the server is paused (seen > 125 s); the elapsed time is
-    recorded in the probe table, not asserted."""
+    """Paused S3: the run ends by itself within the bound, naming the store, and
+    once the server resumes its store holds no damaged entry."""
     probe = "g. S3 server paused (SIGSTOP)"
     with fault_log.trial(probe):
-        url, proc, elapsed, rc = _outage(cli, own_moto, signal.SIGSTOP, kill=False)
+        url, proc, elapsed, rc = _outage(cli, own_moto, signal.SIGSTOP)
         own_moto.signal(signal.SIGCONT)
-        if rc is None:
-            try:
-                rc = proc.popen.wait(timeout=300)
-            except subprocess.TimeoutExpired:
-                rc = None
-            finally:
-                if proc.alive():
-                    proc.kill()
         bad = damage(url, own_moto.storage_options)
-        fault_log.note(probe, f"paused for {elapsed:.0f} s: {'ended' if elapsed < BOUND_S else 'still running'}; "
-                       f"rc after SIGCONT {rc}; damage: {bad or 'none'}")
-        assert rc is not None, "the run hung after the S3 server resumed"
+        fault_log.note(probe, f"damage after resume: {bad or 'none'}")
+        _check(fault_log, probe, url, proc, elapsed, rc)
         assert bad == {}
 
 

@@ -31,12 +31,12 @@ from stages import builtin_world, data_prep
 from stages.base import StageContext
 from stages.data_prep import (
     DataFileError,
-    TargetData,
     check_split,
     read_split,
     read_table,
     sample_indices,
 )
+from stages.params import TargetData
 
 MEMOTUNE = str(Path(sys.executable).parent / "memotune")
 WORDS = "the a movie film plot actor scene story music ending was is very quite rather not".split()
