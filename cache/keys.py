@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -226,9 +226,15 @@ def _code_hash(code: tuple[Any, ...]) -> str:
 # --------------------------------------------------------------------------- data fingerprints
 
 _USERINFO_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://)[^/@\s]+@")
-_SECRET_PARAM_RE = re.compile(
-    r"(?i)\b([\w\-]*(?:secret|password|passwd|token|signature|credential|key)[\w\-]*)=([^&\s;,'\"]+)"
-)
+# what a setting or query parameter holding a credential is called (it contains one)
+SECRET_WORDS = "secret|password|passwd|token|signature|credential|key"
+_SECRET_NAME_RE = re.compile(rf"(?i)(?:{SECRET_WORDS})")
+_SECRET_PARAM_RE = re.compile(rf"(?i)\b([\w\-]*(?:{SECRET_WORDS})[\w\-]*)=([^&\s;,'\"]+)")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting or parameter of this name holds a credential (never shown)."""
+    return bool(_SECRET_NAME_RE.search(name))
 
 
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
@@ -261,33 +267,52 @@ class DataSourceError(FileNotFoundError):
 _CONTENT_HASHES: dict[tuple, str] = {}
 
 
-def _change_marker(info: Mapping) -> Any:
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
-    mtime = mtime.timestamp() if hasattr(mtime, "timestamp") else mtime
-    return info.get("ETag") or info.get("etag") or info.get("md5Hash") or mtime
+def mtime_of(info: Mapping[str, Any]) -> float | None:
+    """Modification time from an fsspec info dict, whatever the backend calls it."""
+    for name in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(name)
+        if value in (None, ""):
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
+def _etag(info: Mapping[str, Any]) -> str | None:
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    return str(etag).strip('"') if etag else None
+
+
+def hash_stream(src: BinaryIO, out: BinaryIO | None = None, chunk: int = _CHUNK) -> tuple[int, str]:
+    """Stream src (to out, if given) in chunks -> (size, sha256 hex): the one hashing loop."""
+    h, size = hashlib.sha256(), 0
+    while data := src.read(chunk):
+        h.update(data)
+        size += len(data)
+        if out is not None:
+            out.write(data)
+    return size, h.hexdigest()
 
 
 def _file_mark(fs: fsspec.AbstractFileSystem, path: str, info: Mapping, limit: int) -> dict:
     size = int(info.get("size") or 0)
     if size <= limit:
-        marker = _change_marker(info)
+        marker = _etag(info) or mtime_of(info)
         memo = (fs.protocol, path, size, marker) if marker is not None else None
         if memo is None or memo not in _CONTENT_HASHES:
-            h = hashlib.sha256()
             with fs.open(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    h.update(chunk)
+                digest = hash_stream(f)[1]
             if memo is None:
-                return {"size": size, "sha256": h.hexdigest()}
-            _CONTENT_HASHES[memo] = h.hexdigest()
+                return {"size": size, "sha256": digest}
+            _CONTENT_HASHES[memo] = digest
         return {"size": size, "sha256": _CONTENT_HASHES[memo]}
     # Too big to hash on every plan: trust the store's change markers.
-    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    etag = _etag(info)
     if etag:
-        return {"size": size, "etag": str(etag).strip('"')}
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
-    mtime = mtime.timestamp() if hasattr(mtime, "timestamp") else mtime
-    return {"size": size, "mtime": float(mtime) if mtime is not None else None}
+        return {"size": size, "etag": etag}
+    return {"size": size, "mtime": mtime_of(info)}
 
 
 def _glob_base(path: str) -> str:

@@ -31,7 +31,7 @@ from prefect.filesystems import WritableFileSystem
 from prefect.locking.protocol import LockManager
 from prefect.serializers import JSONSerializer
 from prefect.transactions import IsolationLevel
-from pydantic import PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from cache.errors import CorruptEntryError
 from cache.keys import check_key, is_key
@@ -39,15 +39,36 @@ from cache.records import DamagedRecordError, check_record
 from cache.store import ArtifactStore, Manifest
 
 __all__ = [
-    "StageKeyPolicy", "StoreRecords", "result_storage", "stage_output", "stage_policy",
+    "StageKeyPolicy", "StageOutput", "StoreRecords", "result_storage", "stage_output",
+    "stage_policy",
 ]
 
 
-def stage_output(store: ArtifactStore, manifest: Manifest) -> dict[str, Any]:
-    """The StageOutput of a committed entry: what a stage task returns, hit or miss."""
-    return {"stage": manifest.stage, "key": manifest.key, "uri": store.entry_uri(manifest.key),
-            "metrics": manifest.meta.get("metrics", {}), "meta": manifest.meta.get("meta", {}),
-            "compute_s": manifest.compute_s}
+class StageOutput(BaseModel):
+    """What a stage task returns, hit or miss: small JSON, recorded by Prefect.
+
+    `fetch_s`: seconds spent fetching each upstream entry (a miss only);
+    `reused`: the entry was committed already (by a run that died before
+    Prefect's record), so nothing was computed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    key: str
+    uri: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    compute_s: float
+    fetch_s: dict[str, float] = Field(default_factory=dict)
+    reused: bool = False
+
+
+def stage_output(store: ArtifactStore, manifest: Manifest, **extra: Any) -> StageOutput:
+    """The StageOutput of a committed entry."""
+    return StageOutput(stage=manifest.stage, key=manifest.key, uri=store.entry_uri(manifest.key),
+                       metrics=manifest.meta.get("metrics", {}),
+                       meta=manifest.meta.get("meta", {}), compute_s=manifest.compute_s, **extra)
 
 
 RECENT_S = 2.0  # how long a built record answers Prefect's repeated asks for it
@@ -91,7 +112,7 @@ class StoreRecords(WritableFileSystem):
             raise FileNotFoundError(f"result record {key} has no entry; treated as a miss")
         record = ResultRecord(metadata=ResultRecordMetadata(storage_key=key,
                                                             serializer=JSONSerializer()),
-                              result=stage_output(self.store, manifest))
+                              result=stage_output(self.store, manifest).model_dump(mode="json"))
         data = record.serialize()
         _recent[(self.store_url, key)] = (time.monotonic(), data)
         return data

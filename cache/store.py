@@ -47,7 +47,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cache.errors import CorruptEntryError, EntryNotFoundError, StoreError
-from cache.keys import check_key, is_key, redact
+from cache.keys import check_key, hash_stream, is_key, is_secret_name, mtime_of, redact
 from cache.leases import LEASES, live_keys
 from cache.records import DamagedRecordError, check_record
 
@@ -69,7 +69,6 @@ MANIFEST_FORMAT = 1
 _CHUNK = 8 * 2**20
 _DOC_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_\-./]*")
 _RESERVED_TOP = {"objects", "prefect"}  # entries and their records: keys only
-_SECRET_OPTION_RE = re.compile(r"(?i)secret|password|token|key")
 # Probe settings for open(): an unreachable S3 endpoint must fail in seconds,
 # not after botocore's default 60 s connect timeout and 5 retries.
 _PROBE_CONFIG = {"connect_timeout": 3, "read_timeout": 5}
@@ -325,30 +324,6 @@ def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def _mtime(info: Mapping[str, Any]) -> float | None:
-    """Modification time from an fsspec info dict, whatever the backend calls it."""
-    for name in ("mtime", "LastModified", "last_modified", "updated", "created"):
-        value = info.get(name)
-        if value in (None, ""):
-            continue
-        if hasattr(value, "timestamp"):
-            return float(value.timestamp())
-        if isinstance(value, int | float):
-            return float(value)
-    return None
-
-
-def _copy_hashing(src: BinaryIO, out: BinaryIO | None) -> tuple[int, str]:
-    """Stream src (to out, if given) in chunks -> (size, sha256 hex); the one hashing loop."""
-    h, size = hashlib.sha256(), 0
-    while chunk := src.read(_CHUNK):
-        h.update(chunk)
-        size += len(chunk)
-        if out is not None:
-            out.write(chunk)
-    return size, h.hexdigest()
-
-
 def _mismatch(rec: FileRecord, size: int, digest: str) -> str | None:
     """Why a file's bytes don't match its record, or None."""
     if size != rec.size:
@@ -364,7 +339,7 @@ def _secret_values(options: Mapping[str, Any]) -> list[str]:
     for k, v in options.items():
         if isinstance(v, Mapping):
             out += _secret_values(v)
-        elif isinstance(v, str) and _SECRET_OPTION_RE.search(str(k)):
+        elif isinstance(v, str) and is_secret_name(str(k)):
             out.append(v)
     return out
 
@@ -646,12 +621,12 @@ class ArtifactStore:
     def _stream(self, path: str, out: BinaryIO | None = None) -> tuple[int, str]:
         """Read a store file in chunks -> (size, sha256), copying to ``out`` if given."""
         with self.fs.open(path, "rb", block_size=_CHUNK) as f:
-            return _copy_hashing(f, out)
+            return hash_stream(f, out, _CHUNK)
 
     def _upload(self, src: Path, dst: str) -> tuple[int, str]:
         """Copy one local file into the store, hashing the bytes actually sent."""
         with open(src, "rb") as f, self.fs.open(dst, "wb") as out:
-            return _copy_hashing(f, out)
+            return hash_stream(f, out, _CHUNK)
 
     def _corrupt(self, key: str, name: str, reason: str) -> CorruptEntryError:
         msg = f"corrupt entry {key} in store {self.url}: file {name}: {reason}"
@@ -1084,7 +1059,7 @@ class ArtifactStore:
         for key, slot in sorted(scan.items()):
             if not is_key(key) or slot["manifest"]:
                 continue
-            times = [t for t in map(_mtime, slot["files"].values()) if t is not None]
+            times = [t for t in map(mtime_of, slot["files"].values()) if t is not None]
             if times and max(times) > now - grace_s:
                 continue  # maybe a commit in flight
             if self.has(key):  # committed since the scan
@@ -1124,7 +1099,7 @@ class ArtifactStore:
         for name, info in sorted(records.items()):
             if name in committed and name not in damaged:
                 continue
-            t = _mtime(info)
+            t = mtime_of(info)
             if name not in damaged and t is not None and t > now - grace_s:
                 continue
             if name not in damaged and is_key(name) and self.has(name):
@@ -1163,10 +1138,6 @@ class ArtifactStore:
     def entry_uri(self, key: str) -> str:
         """URL of an entry's folder (objects/<key>), for display and StageOutput.uri."""
         return self.fs.unstrip_protocol(self._entry_dir(key))
-
-    def record_uri(self, key: str) -> str:
-        """URL of Prefect's result record for key (deleted with the entry, gc'd if orphaned)."""
-        return self.fs.unstrip_protocol(self._record_path(key))
 
     def put_json(self, name: str, obj: Any) -> None:
         """Write a small JSON document at <root>/<name>, whole, in one put."""

@@ -11,12 +11,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from flows.home import memotune_home
+
+if TYPE_CHECKING:
+    from flows.run_records import StageRun, StudyResult
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -32,7 +37,7 @@ app.add_typer(server_app, name="server")
 out = Console()
 err = Console(stderr=True)
 
-DEFAULT_STORE = Path.home() / ".memotune" / "store"
+DEFAULT_STORE = memotune_home() / "store"
 ConfigArg = Annotated[str | None, typer.Argument(help="Pipeline YAML (default: the built-in offline example).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: stage.param=value (repeatable).")]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Store URL (file://, s3://, memory://); default $MEMOTUNE_STORE or ~/.memotune/store.")]
@@ -119,6 +124,7 @@ def run(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
         fail(str(e))
     _connect_prefect()
     from flows.pipeline import pipeline_flow
+    from flows.run_records import RunSummary
 
     bars = _console_for_run(as_json, debug)
     try:
@@ -127,11 +133,13 @@ def run(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
     except Exception as e:
         fail_run(e, debug)
     if as_json:
-        sys.stdout.write(json.dumps({k: summary[k] for k in ("objective", "metrics", "stages")}) + "\n")
+        sys.stdout.write(json.dumps(RunSummary.model_validate(summary).model_dump(
+            mode="json", include={"objective", "metrics", "stages"})) + "\n")
         return
-    _stage_table(summary["stages"], f"run of {cfg.name}")
-    out.print(f"[bold]objective[/] ({cfg.objective}): {summary['objective']:.4f}   "
-              f"metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items()))
+    done = RunSummary.model_validate(summary)
+    _stage_table(done.stages, f"run of {cfg.name}")
+    out.print(f"[bold]objective[/] ({cfg.objective}): {done.objective:.4f}   "
+              f"metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in done.metrics.items()))
 
 
 @app.command()
@@ -157,10 +165,7 @@ def plan(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
     out.print(table)
 
 
-def _stage_table(stages: list[dict[str, Any]], title: str) -> None:
-    from flows.run_records import StageRun
-
-    rows = [StageRun.model_validate(s) for s in stages]
+def _stage_table(rows: list[StageRun], title: str) -> None:
     table = Table(title=title, show_footer=True)
     for col, foot in (("stage", "total"), ("key", ""),
                       ("status", f"{sum(s.cached for s in rows)}/{len(rows)} cached"),
@@ -254,13 +259,12 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
         fail(f"--tuner: unknown tuner {tuner!r} (choose from {', '.join(available_tuners())})")
     if budget <= 0:
         fail("--budget must be positive")
-    if parallel < 1:
-        fail("--parallel must be >= 1")
-    if parallel > 1 and deployment is None:
-        fail("--parallel needs --deployment: parallel trials run as flow runs on a work pool "
-             "(see deployments/prefect.yaml)")
-    if deployment is not None and deployment.count("/") != 1:
-        fail(f"--deployment: expected 'flow-name/deployment-name', got {deployment!r}")
+    from flows.validation import ConfigError, check_dispatch
+
+    try:
+        check_dispatch(parallel, deployment)
+    except ConfigError as e:
+        fail(str(e))
     def has_search(cfg: Any) -> None:
         if not cfg.search and resume is None:
             fail(f"{config}: no `search:` section, so nothing to tune: add one "
@@ -273,14 +277,11 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
 
         name = resume or study or new_study_name(cfg, tuner)
         study_doc_name(name)
-        from stages.pipeline import STAGE_NAMES
-        from tuners import SearchSpace
-
-        SearchSpace.from_config(cfg.search, STAGE_NAMES)
     except (*_user_errors(), ValueError) as e:
         fail(str(e))
     _connect_prefect()
-    from flows.tune import check_deployment, plot_progress, shown_params, tune_flow
+    from flows.run_records import StudyResult
+    from flows.tune import check_deployment, plot_progress, tune_flow
 
     bars = _console_for_run(as_json, debug)
     try:
@@ -294,17 +295,18 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
         fail(str(e))
     except Exception as e:
         fail_run(e, debug)
-    png = plot_progress(result, plot or Path(f"{name}.png"))
+    study = StudyResult.model_validate(result)
+    png = plot_progress(study, plot or Path(f"{name}.png"))
     if as_json:
-        sys.stdout.write(json.dumps({**result, "plot": str(png)}) + "\n")
+        sys.stdout.write(json.dumps({**study.model_dump(mode="json"), "plot": str(png)}) + "\n")
         return
-    _trials_table(result)
-    best = result["best"]
-    if best is not None:
-        out.print(f"[bold]best[/] trial {best['id']}: objective {best['objective']:.4f}  " +
-                  "  ".join(f"{s}: {p}" for s, p in zip(result["stage_names"], shown_params(best),
+    _trials_table(study)
+    best = study.best
+    if best is not None and best.objective is not None:
+        out.print(f"[bold]best[/] trial {best.id}: objective {best.objective:.4f}  " +
+                  "  ".join(f"{s}: {p}" for s, p in zip(study.stage_names, best.shown_params,
                                                        strict=True)), highlight=False)
-    out.print(f"spent {result['spent']:.0f}s of {result['budget']:.0f}s; plot: {png}; "
+    out.print(f"spent {study.spent:.0f}s of {study.budget:.0f}s; plot: {png}; "
               f"resume with: memotune tune --resume {name}")
 
 
@@ -322,17 +324,15 @@ def _print_starting_search(config: str | None, overrides: list[str] | None) -> N
     sys.stdout.write(yaml.safe_dump({"search": starting_search(cfg)}, sort_keys=False))
 
 
-def _trials_table(result: dict[str, Any]) -> None:
-    from flows.run_records import Trial
-
-    trials = [Trial.model_validate(x) for x in result["trials"]]
-    table = Table(title=f"study {result['study']} ({result['tuner']})", show_footer=True)
+def _trials_table(result: StudyResult) -> None:
+    trials = result.trials
+    table = Table(title=f"study {result.study} ({result.tuner})", show_footer=True)
     n_reused, n_stages = sum(x.n_reused for x in trials), sum(len(x.stages) for x in trials)
     for col, foot in (("trial", "total"), ("params", ""), ("objective", ""),
                       ("cached stages", f"{n_reused}/{n_stages}"),
                       ("cost s", f"{sum(x.cost_s for x in trials):.1f}"),
                       ("saved s", f"{sum(x.saved_s for x in trials):.1f}"),
-                      ("spent s", f"{result['spent']:.0f}")):
+                      ("spent s", f"{result.spent:.0f}")):
         table.add_column(col, footer=foot)
     for x in trials:
         params = "; ".join(", ".join(f"{k}={_short(v)}" for k, v in p.items()) for p in x.shown_params)

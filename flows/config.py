@@ -8,20 +8,23 @@ config runs it.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from flows.validation import ConfigError, check_values, one_line, show_value
 from stages.optim.settings import OptimizerSettings
 from stages.params import METRICS, DataPrepParams, EvaluateParams, IntermediateParams, TargetParams
 from stages.pipeline import STAGE_NAMES
+from tuners.search_spec import SearchSpec, SpecError, check_stage_names, spec_error_line
 
 # The built-in example's search space: both loops (tune adamw's learning rate,
 # or let hypergradient adapt it and tune its initial value) and the STILTs switch.
@@ -56,17 +59,21 @@ class PipelineConfig(BaseModel):
     target_finetune: TargetParams = Field(default_factory=TargetParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     # empty unless given: a config for other data must not inherit the built-in
-    # example's space (load_config() with no file is that example, space included)
-    search: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    # example's space (load_config() with no file is that example, space included).
+    # Typed (tuners.search_spec); dumps as written (studies store it as JSON).
+    search: SearchSpec = Field(default_factory=dict)
 
-    @field_validator("search")
-    @classmethod
-    def _known_stages(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for stage in v:
-            if stage not in STAGE_NAMES:
-                raise ValueError(f"unknown stage {show_value(stage)} (stages: {', '.join(STAGE_NAMES)})")
-        _plain_data(v, "search")
-        return v
+    @model_validator(mode="after")
+    def _search_names(self) -> PipelineConfig:
+        """Each stage is the pipeline's and each dotted name one setting of its stage's
+        params model; SpecError names the field, e.g. search.<stage>.<name>."""
+        check_stage_names(self.search, STAGE_NAMES)
+        for stage, params in self.search.items():
+            for name in params:
+                problem = _setting_problem(type(getattr(self, stage)), stage, name)
+                if problem is not None:
+                    raise SpecError(("search", stage, name), problem)
+        return self
 
     def stage_params(self, stage: str) -> dict[str, Any]:
         """A stage's params with every default spelled out (what its key hashes)."""
@@ -78,20 +85,71 @@ class PipelineConfig(BaseModel):
         return -value if self.objective == "loss" else value
 
 
-def _plain_data(node: Any, path: str) -> None:
-    """JSON-like data only (search specs are stored with studies as JSON)."""
-    if node is None or isinstance(node, bool | int | float | str):
-        return
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if not isinstance(k, str):
-                raise ValueError(f"{path}: key {show_value(k)} is not text")
-            _plain_data(v, f"{path}.{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _plain_data(v, f"{path}[{i}]")
-    else:
-        raise ValueError(f"{path}: {type(node).__name__} values are not allowed (plain YAML data only)")
+# dict-valued params fields validated as settings models (the stage keeps the dict)
+_SETTINGS_DICTS: dict[str, Any] = {"optimizer": OptimizerSettings}
+
+
+def _settings_models(annotation: Any) -> tuple[list[type[BaseModel]], bool]:
+    """The settings models a field holds (several for a union, such as the optimizer
+    modes) and whether it also holds plain values (a number, a name, None)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _settings_models(get_args(annotation)[0])
+    if origin is Union or origin is UnionType:
+        models: list[type[BaseModel]] = []
+        plain = False
+        for arg in get_args(annotation):
+            sub, sub_plain = _settings_models(arg)
+            models += [m for m in sub if m not in models]
+            plain = plain or sub_plain
+        return models, plain
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation], False
+    return [], True
+
+
+def _some(names: list[str], n: int = 12) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+def _setting_problem(model: type[BaseModel], stage: str, name: str) -> str | None:
+    """Why the dotted `name` is not one setting of a stage's params `model`, or None.
+
+    Walks nested models; a union (the optimizer's modes) offers the fields of all of
+    its models, so a field of one mode only is a name (the mode may be tuned too).
+    """
+    parts = name.split(".")
+    models, where = [model], stage
+    for i, part in enumerate(parts):
+        fields = sorted({f for m in models for f in m.model_fields})
+        if part not in fields:
+            close = difflib.get_close_matches(part, fields, n=1) or sorted(
+                (f for f in fields if part and (part.startswith(f) or f.startswith(part))),
+                key=len)[-1:]
+            hint = f"; did you mean {close[0]!r}?" if close else f" (settings: {_some(fields)})"
+            return f"unknown parameter: {where} has no setting {part!r}{hint}"
+        models_i: list[type[BaseModel]] = []
+        plain = False
+        for m in models:
+            field = m.model_fields.get(part)
+            if field is None:
+                continue
+            sub, sub_plain = _settings_models(field.annotation)
+            if not sub and part in _SETTINGS_DICTS:
+                sub, sub_plain = _settings_models(_SETTINGS_DICTS[part])
+            models_i += [x for x in sub if x not in models_i]
+            plain = plain or sub_plain
+        if i == len(parts) - 1:
+            if models_i and not plain:
+                inner = sorted({f for m in models_i for f in m.model_fields})
+                return (f"{where}.{part} is a group of settings, not one setting "
+                        f"(name one of its settings: {_some(inner)})")
+            return None
+        if not models_i:
+            return (f"unknown parameter: {part!r} is a single setting of {where}, "
+                    f"with no {parts[i + 1]!r} in it")
+        models, where = models_i, f"{where}.{part}"
+    return None
 
 
 def starting_search(cfg: PipelineConfig) -> dict[str, dict[str, dict[str, Any]]]:
@@ -335,9 +393,12 @@ def _validate(doc: dict[str, Any], source: str) -> PipelineConfig:
 
 def _message(e: ValidationError, source: str, prefix: tuple[str, ...] = ()) -> str:
     err = e.errors()[0]
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    if not prefix and (err["loc"][:1] == ("search",)
+                       or isinstance((err.get("ctx") or {}).get("error"), SpecError)):
+        return f"{source}: {spec_error_line(err)}{more}"
     parts = [*prefix, *(str(x) for x in err["loc"])]
     field = ".".join(p if len(p) <= 60 else p[:57] + "..." for p in parts) or "(top level)"
-    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
     return f"{source}: {field}: {err['msg']}{more}"
 
 

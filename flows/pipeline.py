@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,23 @@ from prefect.runtime import flow_run
 
 from cache import leases
 from cache.locks import lock_manager
-from cache.prefect_policy import StageKeyPolicy, result_storage, stage_output, stage_policy
+from cache.prefect_policy import (
+    StageKeyPolicy,
+    StageOutput,
+    result_storage,
+    stage_output,
+    stage_policy,
+)
 from cache.store import ArtifactStore, CorruptEntryError, EntryNotFoundError, StoreError
 from flows.config import load_config
 from flows.console import note_stage
+from flows.home import memotune_home
 from flows.plan import stage_keys
+from flows.run_records import RunRecord, RunSummary, StageRun
 from stages.base import Stage, StageContext
 from stages.pipeline import BY_NAME
 
-DEFAULT_LOCK_DIR = Path.home() / ".memotune" / "locks"
+DEFAULT_LOCK_DIR = memotune_home() / "locks"
 
 
 class UpstreamCorrupt(RuntimeError):
@@ -64,7 +73,7 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
         store.delete(key)
         existing = None
     if existing is not None:  # committed by a run that died before Prefect's record
-        return {**stage_output(store, existing), "reused": True}
+        return stage_output(store, existing, reused=True).model_dump(mode="json")
     spec = BY_NAME[stage]
     fetch_s: dict[str, float] = {}
     upstream: dict[str, Path] = {}
@@ -85,18 +94,25 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
         manifest = store.commit(key, workdir, stage=stage, compute_s=compute_s,
                                 meta={"metrics": result.metrics, "meta": result.meta,
                                       "params": params, "upstream": upstream_keys})
-    out = stage_output(store, manifest)
-    out["fetch_s"] = fetch_s
-    return out
+    return stage_output(store, manifest, fetch_s=fetch_s).model_dump(mode="json")
+
+
+@dataclass
+class _Outcome:
+    """One stage of this run as it happened: its output, and whether Prefect served it."""
+
+    output: StageOutput
+    cached: bool
+    wall_s: float
 
 
 def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactStore,
-              device: str, progress: bool, locks: LockManager) -> list[dict[str, Any]]:
+              device: str, progress: bool, locks: LockManager) -> list[_Outcome]:
     records = result_storage(store)
     options = dict(result_storage=records, task_run_name="{stage}[{key:.10}]")
     computing = run_stage.with_options(cache_policy=stage_policy(locks), **options)
     reading = run_stage.with_options(cache_policy=stage_policy(None), **options)
-    rows: list[dict[str, Any]] = []
+    outcomes: list[_Outcome] = []
     keys: dict[str, str] = {}
     for stage, key, params in planned:
         keys[stage.name] = key
@@ -107,24 +123,32 @@ def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactS
                         device, progress, return_state=True)
         wall = time.perf_counter() - t0
         try:
-            out = state.result()  # raises the stage's exception on failure
+            out = StageOutput.model_validate(state.result())  # raises the stage's exception
         except Exception as e:
             note_stage(e, stage.name)
             raise
         # "reused": Prefect had no record, but the entry was there: nothing computed
-        cached = state.name == "Cached" or bool(out.get("reused"))
-        rows.append({"name": stage.name, "key": key,
-                     "status": "cached" if cached else "computed",
-                     "compute_s": 0.0 if cached else out["compute_s"],
-                     "load_s": wall if cached else 0.0,
-                     "recorded_compute_s": out["compute_s"], "output": out})
-    # loading a cached upstream's files is part of its load cost
-    by_name = {r["name"]: r for r in rows}
-    for r in rows:
-        for need, secs in r["output"].get("fetch_s", {}).items():
-            if by_name[need]["status"] == "cached":
-                by_name[need]["load_s"] += secs
-    return rows
+        outcomes.append(_Outcome(out, cached=state.name == "Cached" or out.reused, wall_s=wall))
+    return outcomes
+
+
+def _stage_runs(outcomes: list[_Outcome]) -> list[StageRun]:
+    """The run's stage rows. Loading a cached upstream's files for a computing stage
+    is part of that upstream's load cost; a cached stage saved its recorded compute
+    seconds less its load seconds."""
+    cached = {o.output.stage for o in outcomes if o.cached}
+    load = {o.output.stage: o.wall_s if o.cached else 0.0 for o in outcomes}
+    for o in outcomes:
+        for need, secs in o.output.fetch_s.items():
+            if need in cached:
+                load[need] += secs
+    return [StageRun(name=o.output.stage, key=o.output.key,
+                     status="cached" if o.cached else "computed",
+                     compute_s=0.0 if o.cached else o.output.compute_s,
+                     load_s=load[o.output.stage],
+                     saved_s=round(max(0.0, o.output.compute_s - load[o.output.stage]), 3)
+                     if o.cached else 0.0)
+            for o in outcomes]
 
 
 @flow(name="memotune-pipeline", log_prints=True)
@@ -149,7 +173,7 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
     with leases.hold(store, [key for _, key, _ in planned]):  # gc leaves these alone
         for attempt in range(3):
             try:
-                rows = _run_once(planned, store, device, progress, manager)
+                outcomes = _run_once(planned, store, device, progress, manager)
                 break
             except UpstreamCorrupt as e:
                 if attempt == 2:
@@ -157,68 +181,58 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
                 logger.warning("%s; deleting it and recomputing", e)
                 store.delete(e.key)
                 result_storage(store).forget(e.key)
-    metrics = rows[-1]["output"]["metrics"]
-    summary = {
-        "objective": cfg.objective_value(metrics),
-        "metrics": metrics,
-        "stages": [{**{k: r[k] for k in ("name", "key", "status", "compute_s", "load_s")},
-                    "saved_s": _saved_s(r)} for r in rows],
-        "flow_run_id": str(flow_run.id) if flow_run.id else None,
-    }
-    _publish_reuse(rows)
-    _publish_trajectories(rows)
-    # what the in-stage modes adapted (final/mean lr, ...): run metadata for the tuner
-    summary["adapted"] = {r["name"]: {k: v for k, v in r["output"]["meta"].items()
-                                      if isinstance(v, int | float | str)}
-                          for r in rows if r["name"].endswith("finetune")}
+    runs = _stage_runs(outcomes)
+    metrics = outcomes[-1].output.metrics
+    summary = RunSummary(
+        objective=cfg.objective_value(metrics), metrics=metrics, stages=runs,
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
+        # what the in-stage modes adapted (final/mean lr, ...): run metadata for the tuner
+        adapted={o.output.stage: {k: v for k, v in o.output.meta.items()
+                                  if isinstance(v, int | float | str)}
+                 for o in outcomes if o.output.stage.endswith("finetune")})
+    _publish_reuse(runs)
+    _publish_trajectories(outcomes)
+    doc = summary.model_dump(mode="json")
     if summary_doc is not None:
-        store.put_json(summary_doc, summary)
+        store.put_json(summary_doc, doc)
     _record_run(store, cfg.name, started, summary)
-    return summary
+    return doc
 
 
-def _saved_s(row: dict[str, Any]) -> float:
-    """Seconds a cached stage saved: its recorded compute time less its load time."""
-    if row["status"] != "cached":
-        return 0.0
-    return round(max(0.0, row["recorded_compute_s"] - row["load_s"]), 3)
-
-
-def _record_run(store: ArtifactStore, name: str, started: float, summary: dict[str, Any]) -> None:
+def _record_run(store: ArtifactStore, name: str, started: float, summary: RunSummary) -> None:
     """runs/<id>.json: which entries this run computed or reused, recorded when it happens
     (one object per run: object-store rules). The reuse dashboard reads these."""
-    run_id = summary["flow_run_id"] or uuid.uuid4().hex
-    doc = {"run": run_id, "flow_run_name": flow_run.name, "config": name, "started": started,
-           "ended": time.time(), "objective": summary["objective"], "stages": summary["stages"]}
+    record = RunRecord(run=summary.flow_run_id or uuid.uuid4().hex, flow_run_name=flow_run.name,
+                       config=name, started=started, ended=time.time(),
+                       objective=summary.objective, stages=summary.stages)
     try:
-        store.put_json(f"runs/{run_id}.json", doc)
+        store.put_json(f"runs/{record.run}.json", record.model_dump(mode="json"))
     except StoreError as e:  # a view's input; the run itself succeeded
-        logging.getLogger("memotune").warning("could not record run %s: %s", run_id, e)
+        logging.getLogger("memotune").warning("could not record run %s: %s", record.run, e)
 
 
-def _publish_trajectories(rows: list[dict[str, Any]]) -> None:
+def _publish_trajectories(outcomes: list[_Outcome]) -> None:
     """A markdown artifact per computed training stage: what its optimizer adapted."""
-    for r in rows:
-        meta = r["output"]["meta"]
-        if r["status"] != "computed" or "steps" not in meta:
+    for o in outcomes:
+        out = o.output
+        if o.cached or "steps" not in out.meta:
             continue
-        lines = [f"# {r['name']} ({r['key'][:12]})", "", "| quantity | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.6g} |" for k, v in meta.items()
+        lines = [f"# {out.stage} ({out.key[:12]})", "", "| quantity | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.6g} |" for k, v in out.meta.items()
                   if isinstance(v, int | float) and not isinstance(v, bool)]
-        lines += ["", f"Trajectory (per-step values and a PNG plot): `{r['output']['uri']}/files/"
+        lines += ["", f"Trajectory (per-step values and a PNG plot): `{out.uri}/files/"
                   "trajectory.json`, `trajectory.png`."]
         create_markdown_artifact(markdown="\n".join(lines),
-                                 key=f"trajectory-{r['name'].replace('_', '-')}",
-                                 description=f"In-stage adaptation of {r['name']}")
+                                 key=f"trajectory-{out.stage.replace('_', '-')}",
+                                 description=f"In-stage adaptation of {out.stage}")
 
 
-def _publish_reuse(rows: list[dict[str, Any]]) -> None:
+def _publish_reuse(runs: list[StageRun]) -> None:
     """The `stage-reuse` table artifact: what was computed, what was reused."""
-    table = [{"stage": r["name"], "key": r["key"][:12], "status": r["status"],
-              "seconds_spent": round(r["compute_s"] + r["load_s"], 3),
-              "seconds_saved": _saved_s(r)} for r in rows]
+    table = [{"stage": r.name, "key": r.key[:12], "status": r.status,
+              "seconds_spent": round(r.spent_s, 3), "seconds_saved": r.saved_s} for r in runs]
     table.append({"stage": "total", "key": "",
-                  "status": f"{sum(r['status'] == 'cached' for r in rows)}/{len(rows)} cached",
+                  "status": f"{sum(r.cached for r in runs)}/{len(runs)} cached",
                   "seconds_spent": round(sum(t["seconds_spent"] for t in table), 3),
                   "seconds_saved": round(sum(t["seconds_saved"] for t in table), 3)})
     try:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
-    "PIPELINE_STAGES", "RunRecord", "StageRun", "StudyRecord", "Trial", "round_sig",
+    "PIPELINE_STAGES", "RunRecord", "RunSummary", "StageRun", "StageStatus", "StudyRecord",
+    "StudyResult", "Trial", "round_sig",
 ]
 
 # The pipeline's stage order (stages.pipeline.STAGE_NAMES, without importing torch):
@@ -44,12 +45,15 @@ class _Doc(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+StageStatus = Literal["computed", "cached"]
+
+
 class StageRun(_Doc):
     """One stage of one run: computed, or reused from the cache ("cached")."""
 
     name: str
     key: str
-    status: str = "computed"
+    status: StageStatus = "computed"
     compute_s: float = 0.0
     load_s: float = 0.0
     saved_s: float = 0.0  # recorded compute seconds of a reused entry less its load time
@@ -82,6 +86,16 @@ class _Stages(_Doc):
     @property
     def n_reused(self) -> int:
         return sum(s.cached for s in self.stages)
+
+
+class RunSummary(_Stages):
+    """What a pipeline run returns (and a work-pool run writes for its tune flow)."""
+
+    objective: float
+    metrics: dict[str, float]
+    flow_run_id: str | None = None
+    # what the in-stage modes adapted, per training stage (final/mean lr, ...)
+    adapted: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class RunRecord(_Stages):
@@ -135,7 +149,13 @@ class Trial(_Stages):
 
 
 class StudyRecord(_Doc):
-    """studies/<name>/study.json: the tuner, the budget and every trial so far."""
+    """studies/<name>/study.json: the tuner, the budget and every trial so far.
+
+    The tune flow updates it in place after every trial (so not frozen) and
+    writes it whole: `tuner_state` is the tuner's own state, to resume from.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
 
     study: str
     tuner: str = "?"
@@ -148,6 +168,7 @@ class StudyRecord(_Doc):
     status: str | None = None  # running | finished | failed (absent: written before this field)
     ended_reason: str | None = None
     updated: float | None = None
+    tuner_state: dict[str, Any] | None = None
 
     @property
     def tuned_stages(self) -> list[str]:
@@ -195,3 +216,15 @@ class StudyRecord(_Doc):
                 best = t.objective
             out.append(best)
         return out
+
+
+class StudyResult(_Doc):
+    """What a tune flow returns: the study's trials and where it stands."""
+
+    study: str
+    tuner: str
+    budget: float
+    spent: float
+    trials: list[Trial]
+    best: Trial | None = None
+    stage_names: list[str]

@@ -6,6 +6,14 @@ starts `prefect server start` once in the background (UI and API on
 127.0.0.1:4200, or $MEMOTUNE_PREFECT_PORT) and reuses it from then on, so the
 UI shows every run and its cached stages. PREFECT_API_URL (env or profile)
 always wins; MEMOTUNE_PREFECT_SERVER=ephemeral keeps Prefect's temporary one.
+
+Why not `prefect server start --background` / `prefect server stop`: the
+background start connects the server's output to pipes of a parent that exits
+at once (the server's later log writes then fail), and returns before the API
+answers; memotune needs a server that keeps logging (to LOG_FILE), is waited
+for until healthy, is reused when already up, and whose whole process group
+stops with it. What Prefect does provide is used: the server itself, its
+settings and its health endpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
-HOME = Path.home() / ".memotune"
+from flows.home import memotune_home
+
+HOME = memotune_home()
 PID_FILE = HOME / "prefect-server.pid"
 LOG_FILE = HOME / "prefect-server.log"
 

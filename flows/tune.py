@@ -41,8 +41,9 @@ from prefect.artifacts import (
 from cache.store import ArtifactStore
 from flows.config import PipelineConfig, apply_params, load_config
 from flows.pipeline import pipeline_flow
-from flows.run_records import StudyRecord, round_sig
+from flows.run_records import RunSummary, StageRun, StudyRecord, StudyResult, Trial, round_sig
 from flows.study import StudyError, study_doc_name
+from flows.validation import check_dispatch
 from stages.pipeline import STAGE_NAMES
 from tuners import CacheView, Candidate, SearchSpace, make_tuner
 
@@ -64,22 +65,21 @@ class StageGroups:
         return cls(tuple(tuple(i for i, o in enumerate(owner) if o == t) for t in range(len(tuned))),
                    tuned)
 
-    def fold(self, rows: list[dict[str, Any]]) -> tuple[list[float], list[bool]]:
+    def fold(self, rows: list[StageRun]) -> tuple[list[float], list[bool]]:
         """Pipeline stage rows -> tuner stage costs (seconds) and cached flags."""
-        costs = [sum(rows[i]["compute_s"] + rows[i]["load_s"] for i in g) for g in self.groups]
-        cached = [rows[p]["status"] == "cached" for p in self.tuned]
+        costs = [sum(rows[i].spent_s for i in g) for g in self.groups]
+        cached = [rows[p].cached for p in self.tuned]
         return costs, cached
 
 
-def cache_view(store: ArtifactStore, trials: list[dict[str, Any]], groups: StageGroups) -> CacheView:
+def cache_view(store: ArtifactStore, trials: list[Trial], groups: StageGroups) -> CacheView:
     """Which prefixes of earlier trials are still in the store, with their load times."""
     runs = []
     for t in trials:
-        keys = [s["key"] for s in t["stages"]]
-        in_store = [store.has(keys[p]) for p in groups.tuned]
-        loads = [t["tuner_costs"][k] if t["tuner_cached"][k] else None
+        in_store = [store.has(t.stages[p].key) for p in groups.tuned]
+        loads = [t.tuner_costs[k] if t.tuner_cached[k] else None
                  for k in range(len(groups.tuned))]
-        runs.append((t["params"], in_store, loads))
+        runs.append((t.params, in_store, loads))
     return CacheView.from_runs(runs)
 
 
@@ -104,44 +104,42 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
     runs each trial as a flow run of that pipeline deployment (picked up by
     the work pool's workers), `parallel` of them at a time.
     """
-    if parallel < 1:
-        raise StudyError(f"parallel must be >= 1, got {parallel}")
-    if parallel > 1 and deployment is None:
-        raise StudyError("parallel > 1 needs a deployment: trials run in parallel as flow "
-                         "runs on a work pool (see deployments/prefect.yaml)")
+    check_dispatch(parallel, deployment)
     logger = get_run_logger()
     store = ArtifactStore(store_url)
     doc_name = study_doc_name(study)
-    doc = store.get_json(doc_name) if resume or extend else None
-    if resume and not extend and doc is None:
+    found = store.get_json(doc_name) if resume or extend else None
+    if resume and not extend and found is None:
         raise StudyError(f"no study {study!r} in {store_url}")
     if not (resume or extend) and store.get_json(doc_name) is not None:
         raise StudyError(f"study {study!r} exists in {store_url}: use --resume {study}")
-    saved_budget = doc["budget"] if doc is not None else None  # a resumed study's, as stored
-    if doc is None:
-        doc = {"study": study, "config": config, "tuner": tuner, "budget": budget,
-               "warmup": warmup, "seed": seed, "trials": [], "tuner_state": None}
-    if extend and doc["tuner_state"] is not None:
-        doc["budget"] = doc["budget"] + budget
+    if found is None:
+        rec = StudyRecord(study=study, config=config, tuner=tuner, budget=budget, warmup=warmup,
+                          seed=seed)
+    else:
+        rec = StudyRecord.model_validate(found)
+    saved_budget = rec.budget if found is not None else None  # a resumed study's, as stored
+    if extend and rec.tuner_state is not None:
+        rec.budget += budget
     elif resume:
-        doc["budget"] = max(budget, doc["budget"])
-    cfg = load_config(doc=doc["config"])
-    space = SearchSpace.from_config(cfg.search, STAGE_NAMES)
+        rec.budget = max(budget, rec.budget)
+    cfg = load_config(doc=rec.config)
+    space = SearchSpace.from_spec(cfg.search, STAGE_NAMES)
     groups = StageGroups.of(space)
-    t = make_tuner(doc["tuner"], space, budget=doc["budget"], seed=doc["seed"],
-                   warmup=doc["warmup"])
-    if doc["tuner_state"] is not None:
-        t.load_state_dict(doc["tuner_state"])
-        t.budget = float(doc["budget"])
-    trials: list[dict[str, Any]] = doc["trials"]
+    t = make_tuner(rec.tuner, space, budget=rec.budget, seed=rec.seed or 0,
+                   warmup=rec.warmup if rec.warmup is not None else warmup)
+    if rec.tuner_state is not None:
+        t.load_state_dict(rec.tuner_state)
+        t.budget = float(rec.budget)
+    trials = rec.trials
 
-    doc["stage_names"] = list(space.stage_names)
+    rec.stage_names = list(space.stage_names)
     keys = ArtifactKeys.of(study)
     progress_id = create_progress_artifact(progress=_percent(t.spent, t.budget), key=keys.progress,
                                            description=_progress_note(study, trials, t))
-    run = _runner(deployment, store_url, study, progress, lock_dir, locks, tuner=doc["tuner"])
+    run = _runner(deployment, store_url, study, progress, lock_dir, locks, tuner=rec.tuner)
     resubmit = sorted(t.pending.values(), key=lambda c: c.id)  # in flight when it stopped
-    inflight: dict[Future[dict[str, Any]], tuple[Candidate, list[dict[str, Any]]]] = {}
+    inflight: dict[Future[tuple[RunSummary, str]], tuple[Candidate, list[dict[str, Any]]]] = {}
 
     def room() -> bool:
         n = len(trials) + len(inflight)
@@ -151,32 +149,30 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
     n_before = len(trials)
 
     def save(status: str, reason: str | None = None) -> None:
-        doc.update(status=status, ended_reason=reason, updated=time.time())
-        out = doc
+        rec.status, rec.ended_reason, rec.updated = status, reason, time.time()
+        out = rec
         if saved_budget is not None and len(trials) == n_before:
             # no trial told yet: a resumed/extended study keeps its stored budget, so a run
             # that dies before its first trial does not extend it twice
-            out = {**doc, "budget": saved_budget}
-        store.put_json(doc_name, out)  # one put: the study is whole or not written
+            out = rec.model_copy(update={"budget": saved_budget})
+        store.put_json(doc_name, out.model_dump(mode="json"))  # one put: whole or not written
 
-    def told(cand: Candidate, active: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-        costs, cached = groups.fold(summary["stages"])
-        t.tell(cand, summary["objective"], costs, cached)
-        trial = {"id": cand.id, "params": cand.params, "active_params": active,
-                 "prefix_depth": cand.prefix_depth, "objective": summary["objective"],
-                 "metrics": summary["metrics"], "stages": summary["stages"],
-                 "adapted": summary["adapted"], "tuner_costs": costs,
-                 "tuner_cached": cached, "spent": t.spent,
-                 "flow_run": summary.get("flow_run"),
-                 "flow_run_id": summary.get("flow_run_id")}
-        state = t.state_dict()
-        trials.append(trial)
-        doc["tuner_state"] = state
+    def told(cand: Candidate, active: list[dict[str, Any]], summary: RunSummary,
+             flow_run_name: str) -> None:
+        costs, cached = groups.fold(summary.stages)
+        t.tell(cand, summary.objective, costs, cached)
+        trials.append(Trial(id=cand.id, params=cand.params, active_params=active,
+                            prefix_depth=cand.prefix_depth, objective=summary.objective,
+                            metrics=summary.metrics, stages=summary.stages,
+                            adapted=summary.adapted, tuner_costs=costs, tuner_cached=cached,
+                            spent=t.spent, flow_run=flow_run_name,
+                            flow_run_id=summary.flow_run_id))
+        rec.tuner_state = t.state_dict()
         save("running")
         # the Prefect UI's view of the study, after every trial
         update_progress_artifact(progress_id, progress=_percent(t.spent, t.budget),
                                  description=_progress_note(study, trials, t))
-        _publish_trials(StudyRecord.model_validate(doc), keys)
+        _publish_trials(rec, keys)
 
     save("running")  # the dashboard shows the study from now on
     try:
@@ -195,11 +191,11 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in sorted(done, key=lambda f: inflight[f][0].id):
                     cand, active = inflight.pop(fut)
-                    told(cand, active, fut.result())
+                    told(cand, active, *fut.result())
     except BaseException as e:
         try:  # the study as of its last trial, marked as stopped (it resumes the same)
             save("failed", f"{type(e).__name__}: {e}"[:500])
-            _publish_end(doc, t, keys, progress_id,
+            _publish_end(rec, t, keys, progress_id,
                          f"stopped after {len(trials)} trials ({type(e).__name__}); the study "
                          f"is saved: resume it with --resume {study}")
         except Exception as again:  # e.g. the store is what failed: report the first error
@@ -211,14 +207,14 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
     else:
         reason = f"finished: budget spent ({t.spent:.0f} of {t.budget:.0f} s)"
     save("finished", reason)
-    _publish_end(doc, t, keys, progress_id, reason)
-    best = max((x for x in trials if x["objective"] is not None), key=lambda x: x["objective"],
-               default=None)
-    return {"study": study, "tuner": doc["tuner"], "budget": t.budget, "spent": t.spent,
-            "trials": trials, "best": best, "stage_names": list(space.stage_names)}
+    _publish_end(rec, t, keys, progress_id, reason)
+    return StudyResult(study=study, tuner=rec.tuner, budget=t.budget, spent=t.spent,
+                       trials=trials, best=rec.best,
+                       stage_names=list(space.stage_names)).model_dump(mode="json")
 
 
-RunTrial = Callable[[Candidate, dict[str, Any]], dict[str, Any]]
+# a trial's run: its summary and the name of its flow run
+RunTrial = Callable[[Candidate, dict[str, Any]], tuple[RunSummary, str]]
 
 
 def trial_run_name(study: str, trial: int) -> str:
@@ -239,7 +235,7 @@ def _runner(deployment: str | None, store_url: str, study: str, progress: bool,
     study, tuner and trial, and takes no input from an earlier trial's run.
     """
     if deployment is None:
-        def here(cand: Candidate, config: dict[str, Any]) -> dict[str, Any]:
+        def here(cand: Candidate, config: dict[str, Any]) -> tuple[RunSummary, str]:
             name = trial_run_name(study, cand.id)
             with tags(*trial_tags(study, tuner, cand.id)):
                 # return_state: Prefect links a subflow's returned value (and its items) to
@@ -250,7 +246,7 @@ def _runner(deployment: str | None, store_url: str, study: str, progress: bool,
                 state = pipeline_flow.with_options(flow_run_name=name)(
                     config, store_url, progress=progress, lock_dir=lock_dir, locks=locks,
                     return_state=True)
-            return {**state.result(), "flow_run": name}
+            return RunSummary.model_validate(state.result()), name
 
         return here
 
@@ -265,7 +261,7 @@ def _runner(deployment: str | None, store_url: str, study: str, progress: bool,
     # delays a parallel trial by up to a minute. Waiting for runs is not serialized.
     creating = threading.Lock()
 
-    def on_pool(cand: Candidate, config: dict[str, Any]) -> dict[str, Any]:
+    def on_pool(cand: Candidate, config: dict[str, Any]) -> tuple[RunSummary, str]:
         doc = f"studies/{study}/runs/{cand.id}.json"
         params = {"config": config, "store_url": store_url, "progress": False,
                   "summary_doc": doc}
@@ -287,7 +283,7 @@ def _runner(deployment: str | None, store_url: str, study: str, progress: bool,
         summary = store.get_json(doc)
         if summary is None:
             raise RuntimeError(f"trial {cand.id}: flow run {fr.name!r} wrote no summary to {doc}")
-        return {**summary, "flow_run": fr.name}
+        return RunSummary.model_validate(summary), fr.name
 
     return on_pool
 
@@ -305,19 +301,14 @@ def check_deployment(name: str) -> None:
                              "with `prefect deploy --prefect-file deployments/prefect.yaml`") from None
 
 
-def _run_here(fn: RunTrial, *args: Any) -> Future[dict[str, Any]]:
+def _run_here(fn: RunTrial, *args: Any) -> Future[tuple[RunSummary, str]]:
     """Run now, in this thread (a subflow of the tune flow), as a finished future."""
-    fut: Future[dict[str, Any]] = Future()
+    fut: Future[tuple[RunSummary, str]] = Future()
     try:
         fut.set_result(fn(*args))
     except BaseException as e:  # re-raised by fut.result() in the loop
         fut.set_exception(e)
     return fut
-
-
-def shown_params(trial: dict[str, Any]) -> list[dict[str, Any]]:
-    """A trial's params as the pipeline got them (inactive conditional params left out)."""
-    return trial.get("active_params", trial["params"])
 
 
 def _percent(spent: float, budget: float) -> float:
@@ -338,7 +329,7 @@ class ArtifactKeys:
         return cls(f"tune-trials-{slug}", f"tune-progress-{slug}", f"tune-summary-{slug}")
 
 
-def _progress_note(study: str, trials: list[dict[str, Any]], t: Any) -> str:
+def _progress_note(study: str, trials: list[Trial], t: Any) -> str:
     return (f"study {study}: {len(trials)} trials, {t.spent:.0f} of {t.budget:.0f} s "
             f"of stage time spent")
 
@@ -378,10 +369,9 @@ def _summary_markdown(rec: StudyRecord, reason: str) -> str:
     return "\n".join(lines)
 
 
-def _publish_end(doc: dict[str, Any], t: Any, keys: ArtifactKeys, progress_id: Any,
+def _publish_end(rec: StudyRecord, t: Any, keys: ArtifactKeys, progress_id: Any,
                  reason: str) -> None:
     """At the end of a study: the progress artifact says why, the summary artifact."""
-    rec = StudyRecord.model_validate(doc)
     done = reason.startswith("finished")
     update_progress_artifact(progress_id, progress=100.0 if done else _percent(t.spent, t.budget),
                              description=f"study {rec.study}: {reason}")
@@ -392,7 +382,7 @@ def _publish_end(doc: dict[str, Any], t: Any, keys: ArtifactKeys, progress_id: A
 REUSE_COLORS = ("#e45756", "#f58518", "#eeca3b", "#72b7b2", "#54a24b")  # 0..4 stages reused
 
 
-def plot_progress(result: dict[str, Any], path: Path) -> Path:
+def plot_progress(result: StudyResult, path: Path) -> Path:
     """Every trial's objective and the best so far against spent budget (PNG).
 
     Each trial is a point at the budget spent after it, colored by how many of
@@ -403,10 +393,8 @@ def plot_progress(result: dict[str, Any], path: Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    rec = StudyRecord.model_validate({"study": result["study"], "tuner": result["tuner"],
-                                      "budget": result.get("budget", 0.0),
-                                      "trials": result["trials"],
-                                      "stage_names": result.get("stage_names")})
+    rec = StudyRecord(study=result.study, tuner=result.tuner, budget=result.budget,
+                      trials=result.trials, stage_names=result.stage_names)
     fig = Figure(figsize=(7, 4.2), constrained_layout=True)
     FigureCanvasAgg(fig)
     ax = fig.subplots()

@@ -48,8 +48,8 @@ from stages.params import FILE_FORMATS as DATA_FILE_FORMATS
 if TYPE_CHECKING:
     from flows.config import PipelineConfig
 
-__all__ = ["BOUNDS", "ConfigError", "bound_for", "check_data", "check_sources", "check_values",
-           "one_line", "show_value"]
+__all__ = ["BOUNDS", "ConfigError", "bound_for", "check_data", "check_dispatch", "check_sources",
+           "check_values", "one_line", "show_value"]
 
 FILE_FORMATS = tuple(DATA_FILE_FORMATS)  # csv, tsv, json, jsonl, parquet
 STAGES = ("data_prep", "intermediate_finetune", "target_finetune", "evaluate")
@@ -225,14 +225,17 @@ def check_values(cfg: PipelineConfig) -> None:
     _check_search_bounds(cfg.search)
 
 
-def _check_search_bounds(search: Mapping[str, Any]) -> None:
-    """A searched range stays inside its setting's bounds (else a trial fails mid-study)."""
+def _check_search_bounds(search: Mapping[str, Mapping[str, Any]]) -> None:
+    """A searched range stays inside its setting's bounds (else a trial fails mid-study).
+
+    `search` is the config's typed section (tuners.search_spec)."""
     for stage, params in search.items():
-        for name, spec in params.items():
+        for name, typed in params.items():
             bound = bound_for(f"{stage}.{name}")
-            if bound is None or not isinstance(spec, Mapping):
+            if bound is None:
                 continue
             low, high = bound
+            spec = typed.model_dump()
             choices = spec.get("choices")
             values = [(k, spec.get(k)) for k in ("low", "high")]
             values += [(f"choices[{i}]", c) for i, c in enumerate(choices)
@@ -246,6 +249,20 @@ def _check_search_bounds(search: Mapping[str, Any]) -> None:
                         f"at most {high}" if high is not None else "") if t)
                     raise ConfigError(f"search.{stage}.{name}.{key}: {show_value(value)} is "
                                       f"outside the setting's range ({limits})")
+
+
+def check_dispatch(parallel: int, deployment: str | None) -> None:
+    """How a study's trials run: `parallel` at once (>= 1; more than one only as flow runs
+    of a `deployment`, named 'flow-name/deployment-name'). Checked by `memotune tune`
+    before anything starts and by the tune flow itself (run from a deployment, say)."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1, got {show_value(parallel)}")
+    if parallel > 1 and deployment is None:
+        raise ConfigError("--parallel needs --deployment: parallel trials run as flow runs on "
+                          "a work pool (see deployments/prefect.yaml)")
+    if deployment is not None and (not isinstance(deployment, str) or deployment.count("/") != 1):
+        raise ConfigError(f"--deployment: expected 'flow-name/deployment-name', "
+                          f"got {show_value(deployment)}")
 
 
 # ---------------------------------------------------------------- step 2: sources

@@ -10,43 +10,26 @@ Plugins (``make_tuner`` names): ``eeipu``, ``ei``, ``eips``, ``carbo``,
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
-from tuners import bo as _bo  # noqa: F401  (registers the BO plugins)
-from tuners import random_search as _random  # noqa: F401  (registers "random")
-from tuners.base import (
-    CachedPrefix,
-    CacheView,
-    Candidate,
-    Observation,
-    Tuner,
-    available_tuners,
-    make_tuner,
-    register_tuner,
-)
-from tuners.simulate import Trace, simulate
-from tuners.space import CategoricalParam, FloatParam, IntParam, Param, SearchSpace, prefix_key
-from tuners.synthetic import SyntheticPipeline, SyntheticStage, synthetic_suite
+# Names load on first use (PEP 562): the config code reads the search spec
+# (tuners.search_spec, pydantic only) without loading torch and BoTorch.
+_EXPORTS: dict[str, str] = {
+    "SearchSpace": "space", "Param": "space", "FloatParam": "space", "IntParam": "space",
+    "CategoricalParam": "space", "prefix_key": "space",
+    "Tuner": "base", "Candidate": "base", "Observation": "base", "CacheView": "base",
+    "CachedPrefix": "base", "make_tuner": "base", "register_tuner": "base",
+    "available_tuners": "base",
+    "simulate": "simulate", "Trace": "simulate",
+    "SyntheticStage": "synthetic", "SyntheticPipeline": "synthetic",
+    "synthetic_suite": "synthetic",
+}
+__all__ = list(_EXPORTS)
 
-register_tuner("tpe", lambda: importlib.import_module("tuners.tpe").TPETuner)
 
-__all__ = [
-    "SearchSpace",
-    "Param",
-    "FloatParam",
-    "IntParam",
-    "CategoricalParam",
-    "prefix_key",
-    "Tuner",
-    "Candidate",
-    "Observation",
-    "CacheView",
-    "CachedPrefix",
-    "make_tuner",
-    "register_tuner",
-    "available_tuners",
-    "simulate",
-    "Trace",
-    "SyntheticStage",
-    "SyntheticPipeline",
-    "synthetic_suite",
-]
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -21,6 +21,7 @@ configurations, so comparisons start from the same incumbent) and JSON state.
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -405,7 +406,15 @@ def register_tuner(name: str, loader: Callable[[], type[Tuner]]) -> None:
     _REGISTRY[name] = loader
 
 
+def _builtin_plugins() -> None:
+    """The built-in plugins register themselves when imported (tpe: Optuna on first use)."""
+    importlib.import_module("tuners.bo")
+    importlib.import_module("tuners.random_search")
+    _REGISTRY.setdefault("tpe", lambda: importlib.import_module("tuners.tpe").TPETuner)
+
+
 def available_tuners() -> list[str]:
+    _builtin_plugins()
     return list(_REGISTRY)
 
 
@@ -423,6 +432,7 @@ def make_tuner(
     for the BO tuners).
     """
     try:
+        _builtin_plugins()
         cls = _REGISTRY[name]()
     except KeyError:
         raise ValueError(f"unknown tuner {name!r}, expected one of {available_tuners()}") from None

@@ -31,6 +31,11 @@ a fixed canonical value (``low`` / the first choice), so configurations that
 differ only in inactive params are the same configuration (same prefix, same
 cache), and :meth:`SearchSpace.active_params` drops it before the pipeline
 sees it (an adamw optimizer has no ``hypergrad_lr``).
+
+The ``search:`` config format is typed and checked in one place,
+``tuners.search_spec`` (pydantic, no torch: a config is validated without loading
+the tuners); :meth:`SearchSpace.from_spec` builds a space from a checked section
+and checks nothing again. The ``Param`` dataclasses only encode and sample.
 """
 
 from __future__ import annotations
@@ -45,17 +50,24 @@ from typing import Any
 
 import numpy as np
 
+from tuners.search_spec import (
+    JSON_SCALARS,
+    Condition,
+    ParamSpec,
+    SpecError,
+    check_stage_names,
+    parse_search,
+)
+
 __all__ = [
     "Param",
     "FloatParam",
     "IntParam",
     "CategoricalParam",
     "SearchSpace",
+    "SpecError",
     "prefix_key",
 ]
-
-_JSON_SCALARS = (str, int, float, bool, type(None))
-
 
 def prefix_key(params: Sequence[Mapping[str, Any]]) -> str:
     """Canonical string of a (prefix of a) configuration, for exact-equality lookups.
@@ -68,7 +80,12 @@ def prefix_key(params: Sequence[Mapping[str, Any]]) -> str:
 
 
 class Param(ABC):
-    """One hyperparameter of one stage.  Subclasses are small frozen dataclasses."""
+    """One hyperparameter of one stage.  Subclasses are small frozen dataclasses.
+
+    They encode, decode and sample; they do not check their own bounds: a config's
+    params come from a validated :data:`ParamSpec` (``spec.param(name)``), and code
+    that builds one directly states valid values.
+    """
 
     name: str
 
@@ -106,12 +123,6 @@ class FloatParam(Param):
     low: float
     high: float
     log: bool = False
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
-            raise ValueError(f"{self.name}: need finite low < high, got {self.low}, {self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"{self.name}: log=True needs low > 0, got {self.low}")
 
     @property
     def dims(self) -> int:
@@ -152,15 +163,6 @@ class IntParam(Param):
     high: int
     log: bool = False
 
-    def __post_init__(self) -> None:
-        for v in (self.low, self.high):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"{self.name}: bounds must be ints, got {v!r}")
-        if self.low > self.high:
-            raise ValueError(f"{self.name}: need low <= high, got {self.low}, {self.high}")
-        if self.log and self.low < 1:
-            raise ValueError(f"{self.name}: log=True needs low >= 1, got {self.low}")
-
     @property
     def dims(self) -> int:
         return 1
@@ -198,23 +200,14 @@ class CategoricalParam(Param):
     choices: tuple[Any, ...]
 
     def __post_init__(self) -> None:
-        choices = tuple(self.choices)
-        object.__setattr__(self, "choices", choices)
-        if not choices:
-            raise ValueError(f"{self.name}: choices must be non-empty")
-        for c in choices:
-            if not isinstance(c, _JSON_SCALARS):
-                raise ValueError(f"{self.name}: choice {c!r} is not a JSON scalar")
-        keys = [json.dumps(c) for c in choices]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"{self.name}: duplicate choices")
+        object.__setattr__(self, "choices", tuple(self.choices))
 
     @property
     def dims(self) -> int:
         return len(self.choices)
 
     def _index(self, value: Any) -> int:
-        key = json.dumps(value) if isinstance(value, _JSON_SCALARS) else None
+        key = json.dumps(value) if isinstance(value, JSON_SCALARS) else None
         for i, c in enumerate(self.choices):
             if json.dumps(c) == key:
                 return i
@@ -235,16 +228,6 @@ class CategoricalParam(Param):
         return {"type": "categorical", "choices": list(self.choices)}
 
 
-_ALLOWED_KEYS = {
-    "float": {"type", "low", "high", "log", "when"},
-    "int": {"type", "low", "high", "log", "when"},
-    "categorical": {"type", "choices", "when"},
-}
-
-#: (parent param name, the parent's choices under which the param is active)
-Condition = tuple[str, tuple[Any, ...]]
-
-
 def canonical_value(p: Param) -> Any:
     """The fixed value an inactive parameter takes (``low`` or the first choice)."""
     if isinstance(p, CategoricalParam):
@@ -252,70 +235,13 @@ def canonical_value(p: Param) -> Any:
     return p.low  # type: ignore[attr-defined]
 
 
-def _condition_from_spec(spec: Any, stage: Sequence[Param], where: str) -> Condition:
-    """Parse ``when: {parent: value | [values]}`` against the stage's categorical params."""
-    if not isinstance(spec, Mapping) or len(spec) != 1:
-        raise ValueError(f"{where}: expected one entry {{param: value or [values]}}, got {spec!r}")
-    (parent, values), = spec.items()
-    by_name = {p.name: p for p in stage}
-    target = by_name.get(parent)
-    if not isinstance(target, CategoricalParam):
-        raise ValueError(f"{where}.{parent}: must name a categorical param of the same stage")
-    values = tuple(values) if isinstance(values, list | tuple) else (values,)
-    if not values:
-        raise ValueError(f"{where}.{parent}: expected at least one value")
-    for v in values:
-        try:
-            target.validate(v)
-        except ValueError as err:
-            raise ValueError(f"{where}.{parent}: {err}") from None
-    return parent, values
-
-
-def _param_from_spec(name: str, spec: Any, where: str) -> Param:
-    """Build one ``Param`` from its config dict; errors name the offending field."""
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"{where}: expected a mapping with a 'type', got {spec!r}")
-    kind = spec.get("type")
-    if kind not in _ALLOWED_KEYS:
-        raise ValueError(f"{where}.type: expected one of float, int, categorical, got {kind!r}")
-    for key in spec:
-        if key not in _ALLOWED_KEYS[kind]:
-            raise ValueError(f"{where}.{key}: unknown field for a {kind} parameter")
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list | tuple) or not choices:
-            raise ValueError(f"{where}.choices: expected a non-empty list, got {choices!r}")
-        for i, c in enumerate(choices):
-            if not isinstance(c, _JSON_SCALARS):
-                raise ValueError(f"{where}.choices[{i}]: {c!r} is not a str/int/float/bool/null")
-        if len({json.dumps(c) for c in choices}) != len(choices):
-            raise ValueError(f"{where}.choices: duplicate choices")
-        return CategoricalParam(name, tuple(choices))
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise ValueError(f"{where}.log: expected true/false, got {log!r}")
-    bounds = {}
-    for key in ("low", "high"):
-        if key not in spec:
-            raise ValueError(f"{where}.{key}: missing")
-        v = spec[key]
-        if kind == "int":
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"{where}.{key}: expected an int, got {v!r}")
-        elif isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise ValueError(f"{where}.{key}: expected a finite number, got {v!r}")
-        bounds[key] = v
-    low, high = bounds["low"], bounds["high"]
-    if kind == "float" and not low < high:
-        raise ValueError(f"{where}.high: must be greater than low ({low}), got {high}")
-    if kind == "int" and not low <= high:
-        raise ValueError(f"{where}.high: must be >= low ({low}), got {high}")
-    if log and (low <= 0 if kind == "float" else low < 1):
-        raise ValueError(f"{where}.low: log=true needs a positive low, got {low}")
-    if kind == "float":
-        return FloatParam(name, float(low), float(high), log)
-    return IntParam(name, int(low), int(high), log)
+def _param(name: str, spec: ParamSpec) -> Param:
+    """The ``Param`` of a checked spec."""
+    if spec.type == "categorical":
+        return CategoricalParam(name, tuple(spec.choices))
+    if spec.type == "int":
+        return IntParam(name, int(spec.low), int(spec.high), spec.log)
+    return FloatParam(name, float(spec.low), float(spec.high), spec.log)
 
 
 class SearchSpace:
@@ -361,20 +287,9 @@ class SearchSpace:
         conds = list(conditions) if conditions is not None else [{} for _ in self.stages]
         if len(conds) != len(self.stages):
             raise ValueError("conditions must be one mapping per stage")
-        #: per stage: param name -> (parent, active choices) for conditional params
+        #: per stage: param name -> (parent, active choices) for conditional params; the
+        #: rules on them (a categorical parent of the same stage, one level) are the spec's
         self.conditions: tuple[dict[str, Condition], ...] = tuple(dict(c) for c in conds)
-        for k, cond in enumerate(self.conditions):
-            names_k = {p.name for p in self.stages[k]}
-            for name, (parent, _) in cond.items():
-                if name not in names_k or parent not in names_k or parent == name:
-                    raise ValueError(
-                        f"stage {self.stage_names[k]!r}: bad condition {name!r} on {parent!r}"
-                    )
-                if parent in cond:
-                    raise ValueError(
-                        f"stage {self.stage_names[k]!r}: {name!r} depends on {parent!r}, "
-                        "which is itself conditional (one level only)"
-                    )
         # decode-time lookups (project() canonicalizes every candidate row)
         self._canonical = tuple(
             {n: canonical_value(p) for p in stage if (n := p.name) in self.conditions[k]}
@@ -388,50 +303,41 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ building
     @classmethod
+    def from_spec(
+        cls, search: Mapping[str, Mapping[str, ParamSpec]], stage_order: Sequence[str] | None = None
+    ) -> SearchSpace:
+        """Build from a checked ``search:`` section (``tuners.search_spec``: a config's
+        ``search``, or ``parse_search``'s result).
+
+        Only stages present in ``search`` become tuner stages, in the order of
+        ``stage_order`` (the pipeline's stage order; defaults to ``search``'s own
+        order). Raises ``SpecError`` (``search: ...``, ``search.<stage>: ...``) for an
+        empty section or a stage not in ``stage_order``.
+        """
+        if not search:
+            raise SpecError(("search",), "expected a non-empty mapping of stage -> params")
+        order = list(stage_order) if stage_order is not None else list(search)
+        check_stage_names(search, order)
+        names = [stage for stage in order if stage in search]
+        return cls([[_param(n, spec) for n, spec in search[s].items()] for s in names], names,
+                   [{n: c for n, spec in search[s].items() if (c := spec.condition()) is not None}
+                    for s in names])
+
+    @classmethod
     def from_config(
         cls, search: Mapping[str, Any], stage_order: Sequence[str] | None = None
     ) -> SearchSpace:
-        """Build from a pipeline config's ``search:`` section.
+        """Build from a pipeline config's ``search:`` section, as plain data or typed.
 
         ``search`` maps stage name -> {param name -> spec}; a spec is
         ``{"type": "float", "low", "high", "log"?}``, ``{"type": "int", "low",
-        "high", "log"?}`` or ``{"type": "categorical", "choices": [...]}``.
-        Only stages present in ``search`` become tuner stages, in the order of
-        ``stage_order`` (the pipeline's stage order; defaults to ``search``'s
-        own order).  Invalid specs raise ``ValueError`` whose message starts
-        with the dotted path of the field, e.g. ``search.target_finetune.lr.low``.
+        "high", "log"?}`` or ``{"type": "categorical", "choices": [...]}``, each
+        with an optional ``when: {param: value or [values]}`` (see
+        ``tuners.search_spec``). Invalid specs raise ``SpecError`` (a ``ValueError``)
+        whose message starts with the dotted path of the field, e.g.
+        ``search.target_finetune.lr.low``.
         """
-        if not isinstance(search, Mapping) or not search:
-            raise ValueError("search: expected a non-empty mapping of stage -> params")
-        order = list(stage_order) if stage_order is not None else list(search)
-        for stage in search:
-            if stage not in order:
-                raise ValueError(f"search.{stage}: unknown stage, expected one of {order}")
-        stages, names, conditions = [], [], []
-        for stage in order:
-            if stage not in search:
-                continue
-            spec = search[stage]
-            if not isinstance(spec, Mapping) or not spec:
-                raise ValueError(f"search.{stage}: expected a non-empty mapping of param -> spec")
-            params = []
-            for pname, pspec in spec.items():
-                if not isinstance(pname, str) or not pname:
-                    raise ValueError(f"search.{stage}: parameter names must be non-empty strings")
-                params.append(_param_from_spec(pname, pspec, f"search.{stage}.{pname}"))
-            cond: dict[str, Condition] = {}
-            for pname, pspec in spec.items():
-                if "when" in pspec:
-                    where = f"search.{stage}.{pname}.when"
-                    cond[pname] = _condition_from_spec(pspec["when"], params, where)
-            for pname, (parent, _) in cond.items():
-                if parent in cond:
-                    raise ValueError(f"search.{stage}.{pname}.when.{parent}: {parent} is itself "
-                                     "conditional (one level only)")
-            stages.append(params)
-            names.append(stage)
-            conditions.append(cond)
-        return cls(stages, names, conditions)
+        return cls.from_spec(parse_search(search), stage_order)
 
     def to_config(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Inverse of ``from_config`` (JSON-able)."""

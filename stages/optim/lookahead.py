@@ -33,9 +33,6 @@ __all__ = [
     "make_guide_loss",
 ]
 
-HyperparamName = Literal["lr", "weight_decay", "beta1", "beta2", "eps", "label_smoothing"]
-
-
 @dataclass(frozen=True)
 class Activation:
     """Map an unconstrained raw value x to a hyperparameter (the release's parameterization).

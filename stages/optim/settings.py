@@ -9,7 +9,7 @@ and unknown keys are rejected rather than silently ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -17,7 +17,6 @@ from .schedules import ScheduleName
 
 # Defaults that the settings and the optimizers share (here: no torch to import them).
 DEFAULT_HYPERGRAD_LR: dict[str, float] = {"additive": 1e-8, "multiplicative": 1e-2}
-HPARAM_NAMES: tuple[str, ...] = ("lr", "weight_decay", "beta1", "beta2", "eps", "label_smoothing")
 
 __all__ = [
     "OptimizerSettingsBase",
@@ -33,6 +32,7 @@ __all__ = [
 
 OptimizerMode = Literal["adamw", "hypergradient", "lookahead", "adam_sls", "pla_sls"]
 TunableHparam = Literal["lr", "weight_decay", "beta1", "beta2", "eps", "label_smoothing"]
+HPARAM_NAMES: tuple[str, ...] = get_args(TunableHparam)  # what lookahead can tune
 
 
 class OptimizerSettingsBase(BaseModel):

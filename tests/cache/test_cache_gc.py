@@ -15,6 +15,7 @@ import pytest
 from storetools import json_record, key_of, make_dir
 
 from cache.store import ArtifactStore
+from tests.storekit import record_uri
 
 REPO = Path(__file__).resolve().parents[2]
 K = key_of(7)
@@ -93,7 +94,7 @@ def _commit(store: ArtifactStore, n: int, tmp_path: Path, size: int = 1000) -> s
 
 def test_gc_max_bytes_removes_oldest_first(store, tmp_path):
     k1, k2, k3 = (_commit(store, n, tmp_path) for n in (1, 2, 3))
-    with fsspec.open(store.record_uri(k1), "wb") as f:
+    with fsspec.open(record_uri(store, k1), "wb") as f:
         f.write(b"{}")
     dry = store.gc(max_bytes=0, dry_run=True)
     assert dry.dry_run and sorted(dry.removed_entries) == sorted([k1, k2, k3])

@@ -9,6 +9,7 @@ import pytest
 
 from cache.keys import redact
 from cache.store import ArtifactStore, StoreError
+from tests.storekit import record_uri
 
 
 def _closed_port() -> int:
@@ -27,7 +28,7 @@ def test_url_forms(tmp_path, monkeypatch):
     assert mem.url.startswith("memory://") and mem.root.endswith("mt-url-forms/x")
     assert ArtifactStore("s3://bucket/prefix/").url == "s3://bucket/prefix"
     assert (
-        ArtifactStore("s3://bucket/prefix").record_uri("0" * 64)
+        record_uri(ArtifactStore("s3://bucket/prefix"), "0" * 64)
         == "s3://bucket/prefix/prefect/" + "0" * 64
     )
     for bad, why in [("nosuchproto://x", "unsupported protocol 'nosuchproto'"),

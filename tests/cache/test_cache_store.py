@@ -17,6 +17,7 @@ from cache.store import (
     Manifest,
     StoreError,
 )
+from tests.storekit import record_uri
 
 K = key_of(1)
 FILES = {
@@ -203,9 +204,9 @@ def test_manifest_for_another_key_is_corrupt(store, tmp_path):
 def test_delete_removes_entry_and_prefect_record(store, tmp_path):
     commit(store, K, tmp_path / "out")
     commit(store, key_of(2), tmp_path / "out2")
-    with fsspec.open(store.record_uri(K), "wb") as f:  # what Prefect's result storage writes
+    with fsspec.open(record_uri(store, K), "wb") as f:  # what Prefect's result storage writes
         f.write(b'{"result": "..."}')
-    assert store.record_uri(K) == store.fs.unstrip_protocol(store_path(store, "prefect", K))
+    assert record_uri(store, K) == store.fs.unstrip_protocol(store_path(store, "prefect", K))
     assert store.fs.exists(store_path(store, "prefect", K))
     store.delete(K)
     assert not store.has(K) and store.manifest(K) is None

@@ -172,6 +172,7 @@ def test_cli_tables_have_saved_seconds_and_totals(synthetic_store, monkeypatch):
     from typer.testing import CliRunner
 
     import flows.cli as cli
+    from flows.run_records import StageRun, StudyResult
 
     store = synthetic_store["store"]
     ls = CliRunner().invoke(cli.app, ["cache", "ls", "--store", store.url])
@@ -181,9 +182,10 @@ def test_cli_tables_have_saved_seconds_and_totals(synthetic_store, monkeypatch):
     console = Console(record=True, width=220)
     monkeypatch.setattr(cli, "out", console)
     trials = synthetic_store["trials"]
-    cli._stage_table(trials[1]["stages"], "run")
-    cli._trials_table({"study": "demo", "tuner": "eeipu", "trials": trials,
-                       "spent": trials[-1]["spent"]})
+    cli._stage_table([StageRun.model_validate(s) for s in trials[1]["stages"]], "run")
+    cli._trials_table(StudyResult(study="demo", tuner="eeipu", budget=trials[-1]["spent"],
+                                  spent=trials[-1]["spent"], trials=trials,
+                                  stage_names=["intermediate_finetune", "target_finetune"]))
     text = console.export_text()
     assert text.count("saved s") == 2
     saved_run = sum(s["saved_s"] for s in trials[1]["stages"])

@@ -9,6 +9,7 @@ from cache.store import ArtifactStore
 from flows.config import load_config, set_dotted
 from flows.pipeline import pipeline_flow
 from flows.plan import plan, stage_keys
+from tests.storekit import record_uri
 
 
 def _run(doc: dict[str, Any], store_url: str, tmp_path) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def test_pipeline_on_s3(prefect_api, tiny, s3_store_url, tmp_path, monkeypatch):
     assert _statuses(first) == ["computed"] * 4
     store = ArtifactStore(s3_store_url)
     assert all(store.has(s["key"]) for s in first["stages"])
-    assert all(store.fs.exists(store.record_uri(s["key"])) for s in first["stages"])
+    assert all(store.fs.exists(record_uri(store, s["key"])) for s in first["stages"])
     second = _run(tiny, s3_store_url, tmp_path)
     assert _statuses(second) == ["cached"] * 4
     assert [p.cached for p in plan(load_config(doc=tiny), store)] == [True] * 4

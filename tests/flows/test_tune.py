@@ -16,6 +16,7 @@ import yaml
 from cache.store import ArtifactStore
 from flows.config import load_config
 from flows.plan import stage_keys
+from flows.run_records import StageRun, StudyResult
 from flows.tune import StageGroups, candidate_config, plot_progress, tune_flow
 from stages.pipeline import STAGE_NAMES
 from tuners import Candidate, SearchSpace, make_tuner
@@ -33,8 +34,9 @@ def test_stage_groups_fold_untuned_stages_into_tuned_ones():
     space = SearchSpace.from_config(SEARCH, STAGE_NAMES)
     g = StageGroups.of(space)
     assert g.groups == ((0, 1), (2, 3))
-    rows = [{"compute_s": c, "load_s": lo, "status": s} for c, lo, s in
-            [(0, 0.1, "cached"), (5, 0, "computed"), (2, 0, "computed"), (0.5, 0, "computed")]]
+    rows = [StageRun(name=f"s{i}", key="k", compute_s=c, load_s=lo, status=s)
+            for i, (c, lo, s) in enumerate([(0, 0.1, "cached"), (5, 0, "computed"),
+                                            (2, 0, "computed"), (0.5, 0, "computed")])]
     assert g.fold(rows) == ([5.1, 2.5], [False, False])
 
 
@@ -53,7 +55,7 @@ def test_tune_runs_real_trials_saves_the_study_and_reuses_prefixes(prefect_api, 
     assert sum(t["stages"][1]["status"] == "cached" for t in trials) >= 2
     doc = ArtifactStore(store_url).get_json("studies/t1/study.json")
     assert [t["id"] for t in doc["trials"]] == list(range(len(trials)))
-    png = plot_progress(result, tmp_path / "p.png")
+    png = plot_progress(StudyResult.model_validate(result), tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="exists"):
         tune_flow(store_url, "t1", config=cfg.model_dump(mode="json"), tuner="random",
