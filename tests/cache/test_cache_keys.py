@@ -207,3 +207,44 @@ def test_fingerprint_on_s3(s3_store_url, tmp_path):
     assert fingerprint_uris([remote], hash_limit=1) != fingerprint_uris([remote])  # ETag mode
     with pytest.raises(DataSourceError, match="data file not found: s3://"):
         fingerprint_uris([s3_store_url + "/data/missing.jsonl"])
+
+
+def test_a_module_named_hashes_as_its_imported_source(tmp_path, monkeypatch):
+    """Stages name their code modules (read from their files, never imported to plan):
+    the hash is the one inspect gives the imported module, trailing newline or not."""
+    (tmp_path / "mt_named_a.py").write_text("def run(x):\n    return x + 1\n")
+    (tmp_path / "mt_named_b.py").write_text("def run(x):\n    return x + 1")  # no final newline
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        for name in ("mt_named_a", "mt_named_b"):
+            assert source_hash(name) == source_hash(importlib.import_module(name))
+        assert source_hash("mt_named_a") == source_hash("mt_named_b")
+    finally:
+        for name in ("mt_named_a", "mt_named_b"):
+            sys.modules.pop(name, None)
+    with pytest.raises(ValueError, match="mt_no_such_module"):
+        source_hash("mt_no_such_module")
+
+
+def test_the_key_rule_is_pinned(tmp_path, monkeypatch):
+    """The chain of keys for fixed code, params and data. Every store's entries are found
+    by these keys: a refactor that changes the rule (canonical JSON, chaining, how code,
+    params or data enter) would orphan every existing entry, so it must fail here."""
+    from cache.keys import KeyMaterial, chain_keys
+
+    (tmp_path / "mt_pinned_stage.py").write_text("def run(params):\n    return params\n")
+    data = tmp_path / "d" / "train.csv"
+    data.parent.mkdir()
+    data.write_text("text,label\ngood,1\nbad,0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = KeyMaterial(stage="prep", version="1", code=("mt_pinned_stage",),
+                        params={"files": [str(data)], "seed": 0},
+                        inputs={"target.train": [str(data)]})
+    second = KeyMaterial(stage="train", version="2", code=("mt_pinned_stage",),
+                         params={"lr": 1e-3, "epochs": 3, "optimizer": {"mode": "adamw"}})
+    keys = chain_keys([first, second])
+    # the values the rule gave before it moved into chain_keys (computed with the
+    # flows/plan.py of commit b8060e7 from the same code, params and file)
+    assert keys == ["15ec5bc2dd293f485850c4ba10389565d38f3ab4631837be9e473676b56811e3",
+                    "0939ebe16b339cacea5b2cba08bbec0c856150fc5f6ff698cdb7d0e5ae845950"]
+    sys.modules.pop("mt_pinned_stage", None)
