@@ -33,6 +33,7 @@ __all__ = [
     "check_key",
     "KeyMaterial",
     "chain_keys",
+    "material_key",
     "fingerprint_inputs",
     "fingerprint_uris",
     "is_key",
@@ -210,12 +211,17 @@ def chain_keys(materials: Sequence[KeyMaterial]) -> list[str]:
     keys: list[str] = []
     upstream: str | None = None
     for m in materials:
-        fingerprint = fingerprint_inputs(m.inputs) if m.inputs is not None else None
-        upstream = stage_key(stage=m.stage, version=m.version, code_hash=_code_hash(m.code),
-                             params=without_paths(m.params, m.inputs or {}), upstream=upstream,
-                             data_fingerprint=fingerprint)
+        upstream = material_key(m, upstream)
         keys.append(upstream)
     return keys
+
+
+def material_key(m: KeyMaterial, upstream: str | None) -> str:
+    """One link of `chain_keys`: the key of m after the entry keyed `upstream`."""
+    fingerprint = fingerprint_inputs(m.inputs) if m.inputs is not None else None
+    return stage_key(stage=m.stage, version=m.version, code_hash=_code_hash(m.code),
+                     params=without_paths(m.params, m.inputs or {}), upstream=upstream,
+                     data_fingerprint=fingerprint)
 
 
 @functools.cache

@@ -152,15 +152,20 @@ def plan(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
         fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps({"stages": [
-            {"name": p.name, "key": p.key, "cached": p.cached, "compute_s": p.compute_s}
+            {"name": p.name, "key": p.key, "cached": p.cached, "compute_s": p.compute_s,
+             "resume_epoch": p.resume_epoch, "remaining_s": p.remaining_s}
             for p in plans]}) + "\n")
         return
     table = Table(title="plan")
     for col in ("stage", "key", "cached", "recorded compute s", "size"):
         table.add_column(col)
     for p in plans:
-        table.add_row(p.name, p.key[:16], "yes" if p.cached else "no",
-                      f"{p.compute_s:.2f}" if p.compute_s is not None else "-",
+        cached = "yes" if p.cached else "no"
+        cost = f"{p.compute_s:.2f}" if p.compute_s is not None else "-"
+        if p.resume_epoch is not None and p.remaining_s is not None:
+            cached = f"partly: epochs 1-{p.resume_epoch} of {p.epochs}"
+            cost = f"~{p.remaining_s:.2f} left"
+        table.add_row(p.name, p.key[:16], cached, cost,
                       _human(p.size_bytes) if p.size_bytes is not None else "-")
     out.print(table)
 

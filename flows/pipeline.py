@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from cache.store import ArtifactStore, CorruptEntryError, EntryNotFoundError, St
 from flows.config import load_config
 from flows.console import note_stage
 from flows.home import memotune_home
-from flows.plan import stage_keys
+from flows.plan import boundary_keys, stage_keys
 from flows.run_records import RunRecord, RunSummary, StageRun
 from stages.base import Stage, StageContext
 from stages.pipeline import BY_NAME
@@ -62,8 +64,13 @@ def resolve_device(device: str) -> str:
 
 @task(name="stage", persist_result=True, result_serializer="json", cache_policy=StageKeyPolicy())
 def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[str, str],
-              store_url: str, device: str, progress: bool) -> dict[str, Any]:
-    """One stage on a cache miss. Returns its StageOutput as a plain dict."""
+              store_url: str, device: str, progress: bool,
+              boundaries: list[tuple[int, str]] | None = None) -> dict[str, Any]:
+    """One stage on a cache miss. Returns its StageOutput as a plain dict.
+
+    `boundaries`: (epoch, key) of the stage's checkpoint prefixes: it continues
+    from the deepest one in the store, and commits those it passes.
+    """
     logger = get_run_logger()
     store = ArtifactStore(store_url)
     try:
@@ -88,6 +95,8 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
         workdir = Path(tmp) / "out"
         workdir.mkdir()
         ctx = StageContext(device=device, logger=logger, progress=progress, stage=stage, key=key)
+        if boundaries:
+            _prefixes(ctx, store, stage, key, dict(boundaries), Path(tmp), fetch_s)
         t0 = time.perf_counter()
         result = spec.load_run()(params, upstream, workdir, ctx)
         compute_s = time.perf_counter() - t0
@@ -95,6 +104,37 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
                                 meta={"metrics": result.metrics, "meta": result.meta,
                                       "params": params, "upstream": upstream_keys})
     return stage_output(store, manifest, fetch_s=fetch_s).model_dump(mode="json")
+
+
+def _prefixes(ctx: StageContext, store: ArtifactStore, stage: str, key: str,
+              boundaries: dict[int, str], tmp: Path, fetch_s: dict[str, float]) -> None:
+    """Checkpoint prefixes of a training stage: continue from the deepest boundary
+    in the store (its fetch is a load, like an upstream's), commit the others as
+    training passes them (each an entry of its own, manifest last)."""
+    for epoch in sorted(boundaries, reverse=True):
+        if store.has(boundaries[epoch]):
+            t0 = time.perf_counter()
+            try:
+                ctx.resume_dir = store.fetch(boundaries[epoch])
+            except (CorruptEntryError, EntryNotFoundError) as e:  # damaged: start over
+                ctx.logger.warning("checkpoint after epoch %d unusable (%s); not resuming",
+                                   epoch, e)
+                break
+            fetch_s[f"{stage}@epoch{epoch}"] = time.perf_counter() - t0
+            break
+
+    def keep(epoch: int, write: Callable[[Path], None], seconds: float) -> None:
+        bkey = boundaries.get(epoch)
+        if bkey is None or store.has(bkey):
+            return
+        folder = tmp / f"boundary-{epoch}"
+        folder.mkdir()
+        write(folder)
+        store.commit(bkey, folder, stage=f"{stage}@epoch", compute_s=seconds,
+                     meta={"boundary": {"stage": stage, "epoch": epoch, "of": key}})
+        shutil.rmtree(folder)
+
+    ctx.checkpoint = keep
 
 
 @dataclass
@@ -114,13 +154,15 @@ def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactS
     reading = run_stage.with_options(cache_policy=stage_policy(None), **options)
     outcomes: list[_Outcome] = []
     keys: dict[str, str] = {}
+    bounds = boundary_keys(planned)
     for stage, key, params in planned:
         keys[stage.name] = key
         t0 = time.perf_counter()
         # a sound record now: a hit that needs no lock; else lock, look again, compute
         task_fn = reading if records.is_hit(key) else computing
         state = task_fn(stage.name, key, params, {n: keys[n] for n in stage.needs}, store.url,
-                        device, progress, return_state=True)
+                        device, progress, sorted(bounds.get(stage.name, {}).items()),
+                        return_state=True)
         wall = time.perf_counter() - t0
         try:
             out = StageOutput.model_validate(state.result())  # raises the stage's exception
@@ -170,7 +212,9 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
     manager = lock_manager(locks or os.environ.get("MEMOTUNE_LOCKS"),
                            Path(lock_dir) if lock_dir else DEFAULT_LOCK_DIR)
     planned = stage_keys(cfg)
-    with leases.hold(store, [key for _, key, _ in planned]):  # gc leaves these alone
+    leased = [key for _, key, _ in planned]
+    leased += [k for b in boundary_keys(planned).values() for k in b.values()]
+    with leases.hold(store, leased):  # gc leaves these alone
         for attempt in range(3):
             try:
                 outcomes = _run_once(planned, store, device, progress, manager)

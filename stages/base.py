@@ -32,6 +32,12 @@ class StageContext:
     progress: bool = True
     stage: str | None = None  # which stage and key this run computes: for labels only
     key: str | None = None
+    # checkpoint prefixes (training stages, see stages.params.training_boundaries): a
+    # boundary's saved state to continue from, and what training calls at each epoch's
+    # end with (epoch, write(folder) saving the state, seconds that state took from
+    # scratch): the flow writes and commits the boundaries it keeps
+    resume_dir: Path | None = None
+    checkpoint: Callable[[int, Callable[[Path], None], float], None] | None = None
 
     def label(self, stage: str) -> str:
         """'<stage> [<key prefix>]' for plot titles and messages (the key when known)."""
@@ -61,7 +67,9 @@ class Stage:
     stage's key (read from their files, not imported), so editing them
     invalidates its cache. `inputs` names the data files the stage reads, by
     role (e.g. "target.train" -> [paths or URLs]): their content, not where
-    they are, goes into its key.
+    they are, goes into its key. `boundaries` names the epoch boundaries whose
+    training state a longer run would pass through (stored as entries of their
+    own, so a run continues from the deepest one cached).
     """
 
     name: str
@@ -71,6 +79,8 @@ class Stage:
     needs: tuple[str, ...] = ()
     code: tuple[str, ...] = ()
     inputs: Callable[[Mapping[str, Any]], dict[str, list[str]]] | None = None
+    # params -> {epoch: params naming that epoch boundary's checkpoint} (checkpoint prefixes)
+    boundaries: Callable[[Mapping[str, Any]], dict[int, dict[str, Any]]] | None = None
 
     def load_run(self) -> RunFn:
         """The stage's function, imported now (torch and friends with it)."""

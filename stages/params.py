@@ -194,6 +194,11 @@ class FinetuneParams(Params):
         # every default spelled out, so the stage key covers the mode's settings
         return parse_optimizer_settings(v).model_dump()
 
+    @property
+    def decay_epochs(self) -> int:
+        """A wsd schedule's decaying epochs: its fraction of the run, at least one."""
+        return min(self.epochs, max(1, round(self.optimizer["decay"] * self.epochs)))
+
 
 class IntermediateParams(FinetuneParams):
     epochs: int = Field(default=4, gt=0)
@@ -213,3 +218,38 @@ METRICS = ("accuracy", "f1", "mcc", "loss")
 
 class EvaluateParams(Params):
     batch_size: int = Field(default=256, gt=0)
+
+
+# ---------------------------------------------------------------- checkpoint prefixes
+
+PREFIX_SCHEDULE = "stable prefix"  # a boundary's schedule: the same for constant and wsd
+
+
+def training_boundaries(params: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """The epoch boundaries of a training stage that a longer run passes through.
+
+    {epoch: the params whose key names that boundary's checkpoint}. A run of
+    E epochs with a prefix-stable schedule (no warm-up; `constant`, or `wsd`
+    before its decay) reaches, at the end of epoch e, exactly the state of
+    every run that differs only in a later end (more epochs, or a wsd decay
+    that starts after e): same weights, optimizer moments, RNG and data
+    order. So the boundary's key is the stage's params with `epochs` set to e
+    and the schedule named by what the prefix has in common. Any other
+    schedule, optimizer mode (their state is more than AdamW's moments),
+    `max_steps`, or a validation that picks the best epoch or stops early has
+    no boundaries.
+    """
+    o, v = params["optimizer"], params["validation"]
+    if (o["mode"] != "adamw" or o["warmup"] != 0 or params.get("max_steps") is not None
+            or v["select"] != "last" or v["patience"] is not None
+            or not params.get("enabled", True)):
+        return {}
+    epochs = params["epochs"]
+    if o["schedule"] == "constant":
+        stable = epochs
+    elif o["schedule"] == "wsd":
+        stable = epochs - min(epochs, max(1, round(o["decay"] * epochs)))
+    else:
+        return {}
+    prefix = {**{k: x for k, x in o.items() if k != "decay"}, "schedule": PREFIX_SCHEDULE}
+    return {e: {**params, "epochs": e, "optimizer": prefix} for e in range(1, stable + 1)}

@@ -16,6 +16,7 @@ from stages.params import (
     IntermediateParams,
     TargetParams,
     data_inputs,
+    training_boundaries,
 )
 
 # every module of stages.optim: a change to any optimizer invalidates training stages
@@ -27,10 +28,11 @@ STAGES: tuple[Stage, ...] = (
     Stage(name="data_prep", version="1", params_model=DataPrepParams, run="stages.data_prep:run",
           code=("stages.data_prep", "stages.builtin_world"), inputs=data_inputs),
     Stage(name="intermediate_finetune", version="1", params_model=IntermediateParams,
-          run="stages.finetune:run_intermediate", needs=("data_prep",), code=_TRAINING),
+          run="stages.finetune:run_intermediate", needs=("data_prep",), code=_TRAINING,
+          boundaries=training_boundaries),
     Stage(name="target_finetune", version="1", params_model=TargetParams,
           run="stages.finetune:run_target", needs=("data_prep", "intermediate_finetune"),
-          code=_TRAINING),
+          code=_TRAINING, boundaries=training_boundaries),
     Stage(name="evaluate", version="1", params_model=EvaluateParams, run="stages.evaluate:run",
           needs=("data_prep", "target_finetune"), code=("stages.evaluate", "stages.training")),
 )

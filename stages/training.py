@@ -7,6 +7,7 @@ does one step per batch, whatever the mode, and records the trajectory.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -90,7 +91,9 @@ def train(model: torch.nn.Module, data: Mapping[str, torch.Tensor], p: FinetuneP
     settings = parse_optimizer_settings(p.optimizer)
     runner = build_optimizer(model, settings, total_steps=total,
                              guide_batch=dict(guide) if guide is not None else None,
-                             steps_per_epoch=steps_per_epoch)
+                             steps_per_epoch=steps_per_epoch,
+                             decay_steps=steps_per_epoch * p.decay_epochs
+                             if p.max_steps is None else None)
     model.train()
     gen = torch.Generator().manual_seed(p.seed)
     torch.manual_seed(p.seed)
@@ -98,7 +101,13 @@ def train(model: torch.nn.Module, data: Mapping[str, torch.Tensor], p: FinetuneP
     step, epoch, start = 0, 0, time.perf_counter()
     log_every = max(1, total // 10)
     tracker = _EvalTracker(p.validation, guide if p.validation.every else None)
-    with _progress(ctx, desc, total) as advance:
+    earlier_s = 0.0  # training seconds of the boundary resumed from
+    if ctx.resume_dir is not None:
+        step, epoch, losses, earlier_s = _restore(ctx.resume_dir, model, runner, gen, tracker)
+        ctx.logger.info("%s continues from its checkpoint after epoch %d (step %d)", desc,
+                        epoch, step)
+    resumed_from = epoch
+    with _progress(ctx, desc, total, done=step) as advance:
         while step < total and not tracker.stop:
             perm = torch.randperm(n, generator=gen).to(data["labels"].device)
             for i in range(0, n, p.batch_size):
@@ -116,6 +125,11 @@ def train(model: torch.nn.Module, data: Mapping[str, torch.Tensor], p: FinetuneP
                 ctx.logger.info("%s epoch %d: held-out loss %.4f accuracy %.3f%s", desc, epoch,
                                 point["loss"], point["accuracy"],
                                 " (best)" if point["epoch"] == tracker.best_epoch else "")
+            if ctx.checkpoint is not None:
+                seconds = earlier_s + time.perf_counter() - start
+                ctx.checkpoint(epoch, functools.partial(
+                    _save_state, model=model, runner=runner, gen=gen, tracker=tracker, step=step,
+                    epoch=epoch, losses=list(losses), seconds=seconds), seconds)
     tracker.finish(model)
     if tracker.stop:
         ctx.logger.info("%s stopped early after epoch %d (no held-out improvement in %d "
@@ -127,8 +141,64 @@ def train(model: torch.nn.Module, data: Mapping[str, torch.Tensor], p: FinetuneP
     return TrainReport(steps=step, seconds=seconds, samples_per_s=step * p.batch_size / seconds,
                        final_loss=float(np.mean(tail)), losses=losses,
                        forward_passes=runner.forward_passes, trajectory=traj,
-                       summary={**runner.trajectory.summary(), **tracker.summary(epoch)},
+                       summary={**runner.trajectory.summary(), **tracker.summary(epoch),
+                                **({"resumed_from_epoch": resumed_from} if resumed_from else {})},
                        eval_curve=tracker.curve)
+
+
+# ---------------------------------------------------------------- boundary checkpoints
+
+def _save_state(folder: Path, model: torch.nn.Module, runner: Any, gen: torch.Generator,
+                tracker: _EvalTracker, step: int, epoch: int, losses: list[float],
+                seconds: float) -> None:
+    """Everything an uninterrupted run would carry past this epoch: weights, AdamW's
+    moments and step counts, the schedule's position, both RNGs, the loss history and
+    the trajectory. Tensors as safetensors, the rest as JSON (never pickle)."""
+    from safetensors.torch import save_file, save_model
+
+    save_model(model, str(folder / "model.safetensors"))
+    opt = runner.optimizer.state_dict()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.data": gen.get_state()}
+    for i, st in opt["state"].items():
+        for name, value in st.items():
+            tensors[f"opt.{i}.{name}"] = value.detach().cpu().contiguous()
+    save_file(tensors, str(folder / "state.safetensors"))
+    traj = runner.trajectory
+    doc = {"step": step, "epoch": epoch, "seconds": seconds, "losses": losses,
+           "param_groups": opt["param_groups"],
+           "scheduler": {k: v for k, v in runner.scheduler.state_dict().items()
+                         if k != "lr_lambdas"},
+           "forward_passes": runner.forward_passes, "n_steps": runner.n_steps,
+           "trajectory": {"steps": traj.steps, "loss": traj.loss, "lr": traj.lr},
+           "eval_curve": tracker.curve}
+    (folder / "state.json").write_text(json.dumps(doc))
+
+
+def _restore(folder: Path, model: torch.nn.Module, runner: Any, gen: torch.Generator,
+             tracker: _EvalTracker) -> tuple[int, int, list[float], float]:
+    """Put a boundary's state back (see _save_state); (step, epoch, losses, seconds)."""
+    from safetensors.torch import load_file, load_model
+
+    load_model(model, str(folder / "model.safetensors"))
+    tensors = load_file(str(folder / "state.safetensors"))
+    doc = json.loads((folder / "state.json").read_text())
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("opt."):
+            _, i, field = name.split(".", 2)
+            state.setdefault(int(i), {})[field] = value
+    groups = [{**g, "betas": tuple(g["betas"])} for g in doc["param_groups"]]
+    runner.optimizer.load_state_dict({"state": state, "param_groups": groups})
+    runner.scheduler.load_state_dict({**doc["scheduler"],
+                                      "lr_lambdas": [None] * len(groups)})
+    runner.forward_passes, runner.n_steps = doc["forward_passes"], doc["n_steps"]
+    traj = runner.trajectory
+    traj.steps, traj.loss, traj.lr = (doc["trajectory"]["steps"], doc["trajectory"]["loss"],
+                                      doc["trajectory"]["lr"])
+    tracker.curve = doc["eval_curve"]
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.data"])
+    return doc["step"], doc["epoch"], list(doc["losses"]), float(doc["seconds"])
 
 
 class _EvalTracker:
@@ -220,8 +290,8 @@ class _progress:
     until the first step has one.
     """
 
-    def __init__(self, ctx: StageContext, desc: str, total: int):
-        self.ctx, self.desc, self.total = ctx, desc, total
+    def __init__(self, ctx: StageContext, desc: str, total: int, done: int = 0):
+        self.ctx, self.desc, self.total, self.done = ctx, desc, total, done
         self.bar: Any = None
         self.themed: Any = None
 
@@ -246,7 +316,8 @@ class _progress:
                                 TimeElapsedColumn(), TimeRemainingColumn(), transient=True,
                                 console=console)
             self.bar.start()
-            self.task = self.bar.add_task(self.desc, total=self.total, loss="")
+            self.task = self.bar.add_task(self.desc, total=self.total, completed=self.done,
+                                          loss="")
             return lambda loss: self.bar.update(self.task, advance=1, loss=f"loss {loss:.4f}")
         return lambda loss: None
 

@@ -216,10 +216,12 @@ def build_optimizer(
     total_steps: int,
     guide_batch: dict[str, Tensor] | None = None,
     steps_per_epoch: int | None = None,
+    decay_steps: int | None = None,
 ) -> StepRunner:
     """Make the optimizer, schedule and runner for ``settings.mode``.
 
-    ``total_steps`` sizes the schedule; ``steps_per_epoch`` is the line
+    ``total_steps`` sizes the schedule (``decay_steps``: the decaying steps of
+    a ``wsd`` one; default its ``decay`` fraction of the steps); ``steps_per_epoch`` is the line
     searches' ``n_batches_per_epoch`` when their settings leave it None (500
     if unknown). ``guide_batch`` (a fixed held-out
     batch with ``labels``) is required for lookahead and ignored otherwise.
@@ -229,7 +231,9 @@ def build_optimizer(
     s: Any = settings
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    sched = schedule_fn(s.schedule, total_steps, s.warmup)
+    if decay_steps is None:  # a wsd schedule's decay: its fraction of the run
+        decay_steps = max(1, round(s.decay * total_steps))
+    sched = schedule_fn(s.schedule, total_steps, s.warmup, decay_steps)
     if isinstance(s, AdamWSettings):
         groups = [{"name": "all", "params": _trainable(model)}]
         opt = torch.optim.AdamW(

@@ -41,7 +41,8 @@ class OptimizerSettingsBase(BaseModel):
     ``lr`` is the initial (hypergradient), base (adamw, lookahead) or initial
     step size eta_0 (line search) learning rate. ``grad_clip`` clips the
     training gradient by total norm. ``schedule``/``warmup`` shape the base
-    learning rate over ``total_steps`` (warm-up as a fraction of the steps).
+    learning rate over ``total_steps`` (warm-up as a fraction of the steps;
+    ``decay``: the decaying fraction of a ``wsd`` schedule).
     ``label_smoothing`` is the training loss's; lookahead starts a tuned one
     at ``max(label_smoothing, 1e-5)``.
     """
@@ -53,6 +54,8 @@ class OptimizerSettingsBase(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
     schedule: ScheduleName = "constant"
     warmup: float = Field(0.0, ge=0, le=1)
+    # wsd only: the fraction of the run that decays (whole epochs in a training stage, >= 1)
+    decay: float = Field(0.2, gt=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, le=1)
 
 
