@@ -4,6 +4,10 @@
 is a thin argparse wrapper around it.  Jobs (pipeline, tuner, seed) run in a
 process pool (``workers``, default 2) with one torch thread each.
 
+The multi-fidelity benchmark (``mf_main``, ``benchmarks/bench_mf.py``) is at the
+end: the learning-curve pipelines, the multi-fidelity tuners of ``tuners.mf``
+against stage-level EEIPU and EI at one cost budget.
+
 Reported per pipeline and tuner (medians over seeds): evaluations within
 budget, best objective, improvement after warm-up (best at the end minus best
 after the warm-up evaluations: every tuner shares the same warm-up design for
@@ -23,7 +27,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ALL_TUNERS", "run_benchmark", "print_report", "measure_ask_time", "main"]
+__all__ = [
+    "ALL_TUNERS",
+    "run_benchmark",
+    "print_report",
+    "measure_ask_time",
+    "main",
+    "MF_BENCH_TUNERS",
+    "MF_PIPELINES",
+    "run_mf_benchmark",
+    "summarize_mf",
+    "print_mf_report",
+    "mf_main",
+    "mf_render",
+]
 
 ALL_TUNERS = ["eeipu", "ei", "eips", "carbo", "ms_carbo", "random", "tpe"]
 _COST_ORDER = {"eeipu": 0, "ms_carbo": 1, "carbo": 2, "eips": 3, "ei": 4, "tpe": 5, "random": 6}
@@ -311,3 +328,304 @@ def main(
             json.dump(results, f, indent=1)
         console.print(f"raw results written to {out}")
     return 0
+
+
+# ---------------------------------------------------------------------- multi-fidelity benchmark
+MF_BENCH_TUNERS = ["eeipu-mf", "asha", "tpe-hyperband", "one-epoch-topk", "eeipu", "ei"]
+_MF_COST_ORDER = {"eeipu-mf": 0, "eeipu": 1, "ei": 2, "tpe-hyperband": 3, "asha": 4, "one-epoch-topk": 5}
+# One set of BO settings for every GP tuner in the multi-fidelity benchmark (eeipu-mf, eeipu,
+# ei alike), lighter than the defaults so 5 seeds x 6 tuners x 3 pipelines fit 10 min on 2 cores.
+MF_BO_KWARGS: dict[str, Any] = {
+    "raw_samples": 128,
+    "num_restarts": 2,
+    "n_optimize": 1,
+    "n_mc": 128,
+    "n_mc_screen": 32,
+    "maxiter": 20,
+    "fit_maxiter": 10,
+    "full_refit_every": 20,
+}
+MF_PIPELINES = ["lc_prep_train_eval", "lc_train_eval", "lc_four_stage"]
+
+
+def _run_mf_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One (learning-curve pipeline, tuner, seed) simulation; runs in a worker process."""
+    import torch
+
+    torch.set_num_threads(1)
+    from tuners.mf import MF_TUNERS, make_mf_tuner
+    from tuners.simulate import simulate
+    from tuners.synthetic import lc_suite
+
+    pipe = lc_suite([job["pipeline"]])[job["pipeline"]]
+    kwargs = dict(job.get("kwargs", {}))
+    if job["tuner"] in MF_TUNERS:
+        kwargs.update(pipe.fidelity_kwargs())
+    tuner = make_mf_tuner(
+        job["tuner"], pipe.space, budget=job["budget"], seed=job["seed"], warmup=job["warmup"], **kwargs
+    )
+    t0 = time.perf_counter()
+    trace = simulate(tuner, pipe, budget=job["budget"], seed=job["seed"])
+    asks = [h["ask_s"] for h in trace.history if h["source"] not in ("warmup", "promote")]
+    curve, last = [], -math.inf
+    for h in trace.history:  # best-so-far steps only
+        if h["best"] > last:
+            curve.append([h["spent"], h["best"]])
+            last = h["best"]
+    return {
+        "pipeline": job["pipeline"],
+        "tuner": job["tuner"],
+        "seed": job["seed"],
+        "n_evaluations": trace.n_evaluations,
+        "n_trials": trace.n_trials,
+        "n_full": trace.n_full,
+        "best": trace.best_objective,
+        "best_full": trace.best_full,
+        "improvement": trace.improvement,
+        "spent": trace.spent,
+        "curve": curve,
+        "reuse_fraction": trace.reuse_fraction,
+        "ask_s_median": statistics.median(asks) if asks else 0.0,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def estimate_optimum(pipeline_name: str, n: int = 4096, seed: int = 0) -> float:
+    """Approximate max objective at full epochs of a learning-curve pipeline.
+
+    Stages are additively separable; every test-function stage peaks at 0, so
+    only the training stage's ``curve(x, max_epochs)`` needs a search: ``n``
+    random configurations, then Nelder-Mead on the unit cube from the best 4.
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+
+    from tuners.synthetic import lc_suite
+
+    pipe = lc_suite([pipeline_name])[pipeline_name]
+    t, big_e = pipe.train_stage, pipe.max_epochs
+    stage = pipe.stages[t]  # type: ignore[index]
+    space = pipe.space
+
+    def f(u: Any) -> float:
+        u = np.clip(u, 0.0, 1.0)
+        return float(stage.objective_at(space.stage_from_unit(t, list(u)), big_e))  # type: ignore[attr-defined]
+
+    rng = np.random.default_rng(seed)
+    width = space.stage_slices[t].stop - space.stage_slices[t].start  # type: ignore[union-attr]
+    U = rng.random((n, width))
+    vals = np.array([f(u) for u in U])
+    best = float(vals.max())
+    for i in np.argsort(-vals)[:4]:
+        res = minimize(lambda u: -f(u), U[i], method="Nelder-Mead", options={"maxfev": 400})
+        best = max(best, -float(res.fun))
+    return best
+
+
+def run_mf_benchmark(
+    tuner_names: Sequence[str],
+    pipelines: Sequence[str],
+    seeds: int | Sequence[int],
+    budget: float,
+    progress: bool = True,
+    *,
+    workers: int = 2,
+    warmup: int = 10,
+    bo_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Simulate every (learning-curve pipeline, tuner, seed) at one cost budget."""
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    bo = dict(MF_BO_KWARGS if bo_kwargs is None else bo_kwargs)
+    jobs = [
+        {
+            "pipeline": p, "tuner": t, "seed": s, "budget": float(budget), "warmup": warmup,
+            "kwargs": bo if t in ("eeipu-mf", "eeipu", "ei", "eips", "carbo", "ms_carbo") else {},
+        }
+        for p in pipelines
+        for t in tuner_names
+        for s in seed_list
+    ]
+    jobs.sort(key=lambda j: _MF_COST_ORDER.get(j["tuner"], 0))
+    t0 = time.perf_counter()
+    if workers <= 1:
+        rows = _collect(map(_run_mf_job, jobs), len(jobs), progress)
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers) as pool:
+            rows = _collect(pool.imap_unordered(_run_mf_job, jobs), len(jobs), progress)
+    optima = {p: estimate_optimum(p) for p in pipelines}
+    for p in pipelines:  # the estimate is a lower bound: never below what a run found
+        optima[p] = max([optima[p], *(r["best"] for r in rows if r["pipeline"] == p)])
+    rows.sort(key=lambda r: (r["pipeline"], r["tuner"], r["seed"]))
+    return {
+        "rows": rows,
+        "tuners": list(tuner_names),
+        "pipelines": list(pipelines),
+        "seeds": seed_list,
+        "budget": float(budget),
+        "warmup": warmup,
+        "bo_kwargs": bo,
+        "optima": optima,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _reach_fraction(row: dict[str, Any], target: float, budget: float) -> float:
+    """Budget fraction at which ``row``'s best-so-far first reaches ``target`` (inf: never)."""
+    for spent, best in row["curve"]:
+        if best >= target - 1e-12:
+            return spent / budget
+    return math.inf
+
+
+def summarize_mf(results: dict[str, Any], reference: str = "eeipu") -> dict[str, dict[str, dict[str, float]]]:
+    """Medians over seeds per pipeline and tuner, plus the budget fraction to reach ``reference``'s best."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for p in results["pipelines"]:
+        out[p] = {}
+        ref = {r["seed"]: r["best"] for r in results["rows"] if r["pipeline"] == p and r["tuner"] == reference}
+        for t in results["tuners"]:
+            rs = [r for r in results["rows"] if r["pipeline"] == p and r["tuner"] == t]
+            if not rs:
+                continue
+            m = {
+                k: statistics.median(r[k] for r in rs)
+                for k in ("best", "best_full", "n_evaluations", "n_trials", "n_full", "ask_s_median")
+            }
+            m["regret"] = statistics.median(results["optima"][p] - r["best"] for r in rs)
+            fr = [_reach_fraction(r, ref[r["seed"]], results["budget"]) for r in rs if r["seed"] in ref]
+            m["reach"] = statistics.median(fr) if fr else math.nan
+            m["reached"] = sum(math.isfinite(x) for x in fr)
+            m["n_seeds"] = len(rs)
+            out[p][t] = m
+    return out
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def print_mf_report(results: dict[str, Any], console: Any = None, focus: str = "eeipu-mf") -> str:
+    """Rich tables per pipeline and the ``focus`` ratios; returns the same report as Markdown."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    med = summarize_mf(results)
+    head = (
+        f"budget {results['budget']:g} per run, warm-up {results['warmup']} trials, seeds "
+        f"{results['seeds']}, medians over seeds; wall {results['wall_s']:.0f} s"
+    )
+    console.print(head)
+    md = [head, ""]
+    cols = ["tuner", "best", "regret", "best@full", "trials completed", "configs", "full-epoch runs",
+            "budget to reach eeipu's best", "ask s"]
+    for p, per in med.items():
+        table = Table(title=f"pipeline {p} (estimated optimum {results['optima'][p]:.3f})")
+        for c in cols:
+            table.add_column(c, justify="left" if c == "tuner" else "right")
+        rows = []
+        for t, m in per.items():
+            reach = "never" if math.isinf(m["reach"]) else f"{m['reach']:.2f}"
+            cells = [
+                t, f"{m['best']:.3f}", f"{m['regret']:.3f}", f"{m['best_full']:.3f}",
+                f"{m['n_evaluations']:.0f}", f"{m['n_trials']:.0f}", f"{m['n_full']:.0f}",
+                f"{reach} ({m['reached']}/{m['n_seeds']})", f"{m['ask_s_median']:.2f}",
+            ]
+            table.add_row(*cells)
+            rows.append(cells)
+        console.print(table)
+        md += [f"### {p} (estimated optimum {results['optima'][p]:.3f})", "", _md_table(cols, rows), ""]
+    baselines = [t for t in results["tuners"] if t != focus]
+    if focus not in results["tuners"] or not baselines:
+        return "\n".join(md)
+    title = f"{focus} vs baseline: regret ratio (baseline / {focus}, > 1: {focus} better), trials ratio"
+    ratios = Table(title=title)
+    ratios.add_column("pipeline")
+    for b in baselines:
+        ratios.add_column(b, justify="right")
+    wins = {b: 0 for b in baselines}
+    rrows = []
+    for p, per in med.items():
+        e = per.get(focus)
+        if e is None:
+            continue
+        cells = [p]
+        for b in baselines:
+            m = per.get(b)
+            if m is None:
+                cells.append("-")
+                continue
+            wins[b] += e["best"] > m["best"]
+            cells.append(
+                f"{_fmt_ratio(_ratio(m['regret'], e['regret']))}, "
+                f"{_fmt_ratio(_ratio(e['n_evaluations'], m['n_evaluations']))}"
+            )
+        ratios.add_row(*cells)
+        rrows.append(cells)
+    n_p = len(med)
+    win_row = [f"{focus} wins (median best)", *[f"{wins[b]}/{n_p}" for b in baselines]]
+    ratios.add_row(*win_row, style="bold")
+    rrows.append(win_row)
+    console.print(ratios)
+    md += [f"### {title}", "", _md_table(["pipeline", *baselines], rrows), ""]
+    target = [b for b in ("asha", "tpe-hyperband", "eeipu") if b in baselines]
+    check = (
+        f"target (issue): {focus} beats " + ", ".join(f"{b} on {wins[b]}/{n_p}" for b in target)
+        + " pipelines on median best objective at equal budget (target: most)"
+    )
+    console.print(check)
+    md += [check, ""]
+    return "\n".join(md)
+
+
+def mf_main(
+    seeds: int = 5,
+    budget: float = 4000.0,
+    tuners: list[str] | None = None,
+    pipelines: list[str] | None = None,
+    *,
+    workers: int = 2,
+    out: str | None = None,
+    markdown: str | None = None,
+    progress: bool = True,
+    argv: str = "",
+) -> int:
+    """Run the multi-fidelity benchmark, print the tables; write JSON/Markdown if asked.
+
+    ``argv``: the command line, recorded in the JSON so a re-render can cite it.
+    """
+
+    t0 = time.perf_counter()
+    results = run_mf_benchmark(
+        tuners or list(MF_BENCH_TUNERS), pipelines or list(MF_PIPELINES), seeds, budget, progress,
+        workers=workers,
+    )
+    results["total_wall_s"] = time.perf_counter() - t0
+    results["workers"] = workers
+    results["argv"] = argv
+    if out:
+        with open(out, "w") as f:
+            json.dump(results, f, indent=1)
+    mf_render(results, markdown)
+    if out:
+        print(f"raw results written to {out}")
+    return 0
+
+
+def mf_render(results: dict[str, Any], markdown: str | None = None) -> str:
+    """Print the report of ``run_mf_benchmark`` results (fresh or loaded from JSON); write Markdown."""
+    from rich.console import Console
+
+    console = Console(width=max(Console().width, 150))
+    report = print_mf_report(results, console)
+    tail = f"total wall time {results.get('total_wall_s', results['wall_s']):.0f} s ({results.get('workers', 2)} workers)"
+    console.print(tail)
+    report += "\n" + tail + "\n"
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(report)
+        console.print(f"report written to {markdown}")
+    return report
