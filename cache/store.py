@@ -27,6 +27,7 @@ writing its own to keep the window small.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -123,6 +124,26 @@ _OUTAGE_ERRORS = _outage_errors()
 # then wait again): an outage costs one operation's bound, not one per call.
 OUTAGE_HOLD_S = 60.0
 _outages: dict[tuple[str, str], tuple[float, str]] = {}
+
+
+def _bound_calls(fs: Any) -> None:
+    """A hard deadline, S3_BOUND_S, on every S3 API call of fs (botocore's retries
+    included). The timeouts do not cover everything: a PUT waits for the server's
+    "100 Continue" with no timeout at all (a paused server hung a run for minutes
+    there). s3fs sends every API call through `_call_s3`; fsspec shares one
+    filesystem object between stores with the same options, so it is wrapped once."""
+    if getattr(fs, "_memotune_bounded", False):
+        return
+    call = fs._call_s3
+
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.wait_for(call(*args, **kwargs), S3_BOUND_S)
+        except TimeoutError:  # not a TimeoutError out: fsspec would drop the message
+            raise ConnectionError(f"no answer from the S3 server within {S3_BOUND_S} s") from None
+
+    fs._call_s3 = bounded
+    fs._memotune_bounded = True
 
 
 def _check_file_name(name: object) -> str:
@@ -457,6 +478,7 @@ class _S3Backend(_RemoteBackend):
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, options: dict) -> None:
         super().__init__(fs, root, options)
         fs.retries = 1  # no s3fs retry loops: botocore's (S3_CONFIG) are the only ones
+        _bound_calls(fs)
 
     @staticmethod
     def prepare(options: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,25 +73,33 @@ class _HeadOnly(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         self.server.stop.wait(60)  # type: ignore[attr-defined]
 
+    def do_PUT(self) -> None:  # noqa: N802  (never answers, not even "100 Continue")
+        self.server.stop.wait(60)  # type: ignore[attr-defined]
+
     def log_message(self, *args: object) -> None:
         pass
 
 
-def test_an_s3_server_paused_mid_read_fails_it_after_s3_attempts_timeouts(monkeypatch):
-    """A read gives up after S3_ATTEMPTS read timeouts. s3fs's own retry loops nest
-    (cat_file retries a call that retries: 9 timeouts after a size request), which
-    hung runs for minutes on a paused server."""
+def _paused_store(monkeypatch, read_timeout: float) -> tuple[ArtifactStore, Any]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeadOnly)
     server.stop = threading.Event()  # type: ignore[attr-defined]
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    read_timeout = 1
     store = ArtifactStore(f"s3://mt-paused-{time.monotonic_ns()}/store", {
         "endpoint_url": f"http://127.0.0.1:{server.server_address[1]}",
         "config_kwargs": {"read_timeout": read_timeout, "connect_timeout": 1},
         "skip_instance_cache": True})
+    return store, server
+
+
+def test_an_s3_server_paused_mid_read_fails_it_after_s3_attempts_timeouts(monkeypatch):
+    """A read gives up after S3_ATTEMPTS read timeouts. s3fs's own retry loops nest
+    (cat_file retries a call that retries: 9 timeouts after a size request), which
+    hung runs for minutes on a paused server."""
+    read_timeout = 1
+    store, server = _paused_store(monkeypatch, read_timeout)
     t0 = time.monotonic()
     try:
         with pytest.raises(StoreError, match="read manifest"):
@@ -101,3 +110,21 @@ def test_an_s3_server_paused_mid_read_fails_it_after_s3_attempts_timeouts(monkey
     elapsed = time.monotonic() - t0
     # S3_ATTEMPTS timeouts plus botocore's backoff (< 2 s per retry), not 9 of them
     assert elapsed < S3_ATTEMPTS * read_timeout + 2 * (S3_ATTEMPTS - 1) + 1.5, elapsed
+
+
+def test_a_write_to_a_paused_s3_server_ends_within_the_bound(monkeypatch):
+    """A PUT waits for the server's "100 Continue" with no timeout of botocore's or
+    aiohttp's: on a paused server it hung forever (a run stuck writing a record).
+    Every S3 call has a hard deadline, S3_BOUND_S (here made 3 s)."""
+    import cache.store
+
+    monkeypatch.setattr(cache.store, "S3_BOUND_S", 3)
+    store, server = _paused_store(monkeypatch, read_timeout=1)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(StoreError, match=r"write record .* no answer from the S3 server"):
+            store.write_record("a" * 64, b'{"x": 1}')
+    finally:
+        server.stop.set()  # type: ignore[attr-defined]
+        server.shutdown()
+    assert time.monotonic() - t0 < 3 + 2, time.monotonic() - t0

@@ -58,7 +58,8 @@ def test_eight_concurrent_runs_compute_each_stage_once(cli, reference, fault_log
 
 
 def test_planted_lock_files_do_not_block_a_run(cli, reference, warm_store, fault_log):
-    doc = variant({"target_finetune.seed": 1})  # target and evaluate compute, the rest hits
+    # every stage computes, so each takes its lock (a hit takes none: it only reads)
+    doc = variant({"data_prep.seed": 1})
     ref = reference.summary(doc)
     keys = stage_keys(doc)
     dead = subprocess.Popen(["true"])
@@ -92,7 +93,6 @@ def test_planted_lock_files_do_not_block_a_run(cli, reference, warm_store, fault
             summary = json.loads(done.stdout)
             same_keys(summary, doc)
             assert summary["metrics"] == ref["metrics"]
-            assert statuses(summary) == {"data_prep": "cached", "intermediate_finetune": "cached",
-                                         "target_finetune": "computed", "evaluate": "computed"}
+            assert set(statuses(summary).values()) == {"computed"}
             # the run took this very lock: it replaced the planted content or removed the file
             assert not lock.exists() or lock.read_bytes() != planted[kind], kind
