@@ -26,31 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.presets import PRESETS  # noqa: E402
 from deployments.cluster import Cluster  # noqa: E402  (no Prefect import: env first)
 
 RESULTS_DIR = Path(__file__).parent
-
-PRESETS: dict[str, dict] = {}
-TINY = {
-    "device": "cpu",
-    "data_prep": {"builtin": {"n_train": 160, "n_validation": 100, "corpus_size": 300},
-                  "intermediate": {"n_examples": 120}, "max_length": 24, "guidance_min": 8},
-    "intermediate_finetune": {"epochs": 1, "model": {"builtin": {
-        "hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32}}},
-    "target_finetune": {"epochs": 1},
-    "search": {"target_finetune": {
-        "epochs": {"type": "int", "low": 1, "high": 3},
-        "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-        "intermediate_finetune": {"seed": {"type": "int", "low": 0, "high": 1}}},
-}
-# compute-bound trials (tens of seconds each), where worker start-up matters less
-SMALL = {**TINY,
-         "data_prep": {"builtin": {"n_train": 600, "n_validation": 200, "corpus_size": 1000},
-                       "intermediate": {"n_examples": 600}, "max_length": 24, "guidance_min": 8},
-         "intermediate_finetune": {"epochs": 2, "model": {"builtin": {
-             "hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64}}},
-         "target_finetune": {"epochs": 2}}
-PRESETS.update(tiny=TINY, small=SMALL)
 
 
 def study(cluster: Cluster, name: str, trials: int, parallel: int, preset: str) -> float:

@@ -1,0 +1,147 @@
+"""Studies on the real pipeline: every tuner, the same stage-seconds budget.
+
+Each (tuner, seed) runs one study of the `study-small` preset (the offline
+default made small: a full run takes tens of seconds on 2 cores; search space:
+intermediate and target lr and epochs, the target's optimizer mode) with the
+same budget of stage seconds (compute + cache loads, what `tune` charges), on
+a fresh store of its own. Per tuner (medians over seeds): trials completed,
+best objective, best so far at 25/50/100% of the budget, seconds saved by
+reuse; then EEIPU's ratios against each baseline.
+
+Resumable: finished studies are kept in the results file, and a study killed
+mid-way continues from its store (`tune --resume`) on the next invocation.
+
+    python benchmarks/bench_study.py --seeds 3 --budget 240 [--tuners eeipu ei random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks.presets import PRESETS  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "RESULTS_study.json"
+WORK = ROOT / "benchmarks" / ".work" / "study"
+FRACTIONS = (0.25, 0.5, 1.0)
+
+
+def best_at(trials: list[dict[str, Any]], budget: float, fraction: float) -> float | None:
+    """Best objective among the trials finished within fraction x budget."""
+    done = [t["objective"] for t in trials
+            if t["objective"] is not None and t["spent"] <= fraction * budget + 1e-9]
+    return max(done) if done else None
+
+
+def run_study(tuner: str, seed: int, budget: float, preset: str, warmup: int) -> dict[str, Any]:
+    from flows.config import load_config
+    from flows.tune import tune_flow
+
+    folder = WORK / f"{preset}-{tuner}-{seed}-{budget:g}"
+    store = folder / "store"
+    resume = (store / "studies" / "bench" / "study.json").exists()
+    cfg = load_config(doc=PRESETS[preset]).model_dump(mode="json")
+    t0 = time.perf_counter()
+    result = tune_flow(str(store), "bench", config=None if resume else cfg, tuner=tuner,
+                       budget=budget, warmup=warmup, seed=seed, progress=False,
+                       resume=resume, lock_dir=str(folder / "locks"))
+    trials = [{"id": t["id"], "objective": t["objective"], "spent": t["spent"],
+               "saved_s": sum(s["saved_s"] for s in t["stages"]),
+               "reused": sum(s["status"] == "cached" for s in t["stages"])}
+              for t in result["trials"]]
+    return {"tuner": tuner, "seed": seed, "budget": budget, "spent": result["spent"],
+            "wall_s": time.perf_counter() - t0, "trials": trials}
+
+
+def _median(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def table(results: dict[str, Any], tuners: list[str], console: Console) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    for tuner in tuners:
+        runs = [r for r in results["runs"].values() if r["tuner"] == tuner]
+        if not runs:
+            continue
+        rows[tuner] = {
+            "seeds": len(runs),
+            "trials": _median([len(r["trials"]) for r in runs]),
+            **{f"best@{f:g}": _median([best_at(r["trials"], r["budget"], f) for r in runs])
+               for f in FRACTIONS},
+            "saved_s": _median([sum(t["saved_s"] for t in r["trials"]) for r in runs]),
+        }
+    t = Table(title=f"real-pipeline studies ({results['preset']}, budget "
+                    f"{results['budget']:g} stage s; medians over seeds)")
+    for col in ("tuner", "seeds", "trials", "best @25%", "best @50%", "best @100%",
+                "saved by reuse s"):
+        t.add_column(col, justify="left" if col == "tuner" else "right")
+
+    def f(x: float | None, spec: str = ".4f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    for tuner, r in rows.items():
+        t.add_row(tuner, str(r["seeds"]), f(r["trials"], ".1f"), f(r["best@0.25"]),
+                  f(r["best@0.5"]), f(r["best@1"]), f(r["saved_s"], ".0f"))
+    console.print(t)
+    if "eeipu" in rows:
+        ratios = Table(title="EEIPU against each baseline (same budget, same cache)")
+        for col in ("baseline", "trials ratio", "best objective difference"):
+            ratios.add_column(col, justify="left" if col == "baseline" else "right")
+        e = rows["eeipu"]
+        for tuner, r in rows.items():
+            if tuner == "eeipu" or not r["trials"] or e["best@1"] is None or r["best@1"] is None:
+                continue
+            ratios.add_row(tuner, f"{e['trials'] / r['trials']:.2f}x",
+                           f"{e['best@1'] - r['best@1']:+.4f}")
+        console.print(ratios)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=240.0, help="stage seconds per study")
+    ap.add_argument("--tuners", nargs="+", default=["eeipu", "ei", "random"])
+    ap.add_argument("--preset", default="study-small", choices=sorted(PRESETS))
+    ap.add_argument("--warmup", type=int, default=3, help="random trials before BO")
+    ap.add_argument("--fresh", action="store_true", help="forget earlier results")
+    args = ap.parse_args()
+    console = Console()
+    from flows.server import ensure_server
+
+    ensure_server()
+    results: dict[str, Any] = {"preset": args.preset, "budget": args.budget, "runs": {}}
+    if RESULTS.exists() and not args.fresh:
+        old = json.loads(RESULTS.read_text())
+        if (old.get("preset"), old.get("budget")) == (args.preset, args.budget):
+            results = old
+    if args.fresh:
+        shutil.rmtree(WORK, ignore_errors=True)
+    for seed in range(args.seeds):
+        for tuner in args.tuners:
+            name = f"{tuner}/{seed}"
+            if name in results["runs"]:
+                continue
+            console.print(f"[bold]{name}[/]: study of {args.budget:g} stage seconds ...")
+            results["runs"][name] = run_study(tuner, seed, args.budget, args.preset, args.warmup)
+            RESULTS.write_text(json.dumps(results, indent=1) + "\n")  # after every study
+    results["summary"] = table(results, args.tuners, console)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    console.print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Configs the benchmarks share: `tiny` (seconds per run) and `small` (tens of seconds)."""
+
+from __future__ import annotations
+
+TINY = {
+    "device": "cpu",
+    "data_prep": {"builtin": {"n_train": 160, "n_validation": 100, "corpus_size": 300},
+                  "intermediate": {"n_examples": 120}, "max_length": 24, "guidance_min": 8},
+    "intermediate_finetune": {"epochs": 1, "model": {"builtin": {
+        "hidden_size": 16, "layers": 1, "heads": 2, "intermediate_size": 32}}},
+    "target_finetune": {"epochs": 1},
+    "search": {"target_finetune": {
+        "epochs": {"type": "int", "low": 1, "high": 3},
+        "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "intermediate_finetune": {"seed": {"type": "int", "low": 0, "high": 1}}},
+}
+# compute-bound trials (tens of seconds each), where worker start-up matters less
+SMALL = {**TINY,
+         "data_prep": {"builtin": {"n_train": 600, "n_validation": 200, "corpus_size": 1000},
+                       "intermediate": {"n_examples": 600}, "max_length": 24, "guidance_min": 8},
+         "intermediate_finetune": {"epochs": 2, "model": {"builtin": {
+             "hidden_size": 32, "layers": 2, "heads": 2, "intermediate_size": 64}}},
+         "target_finetune": {"epochs": 2}}
+
+# constant schedules without warm-up: training stages keep their epoch boundaries
+# (checkpoint prefixes), so a study can continue a trial instead of restarting it
+PREFIX_STABLE = {"mode": "adamw", "lr": 1e-3, "schedule": "constant", "warmup": 0}
+STUDY_SMALL = {
+    **{k: v for k, v in SMALL.items() if k != "search"},
+    "intermediate_finetune": {**SMALL["intermediate_finetune"], "optimizer": PREFIX_STABLE},
+    "target_finetune": {**SMALL["target_finetune"], "optimizer": PREFIX_STABLE},
+    "search": {
+        "intermediate_finetune": {
+            "epochs": {"type": "int", "low": 1, "high": 3},
+            "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+        "target_finetune": {
+            "epochs": {"type": "int", "low": 1, "high": 4},
+            "optimizer.mode": {"type": "categorical", "choices": ["adamw", "hypergradient"]},
+            "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+    },
+}
+PRESETS: dict[str, dict] = {"tiny": TINY, "small": SMALL, "study-small": STUDY_SMALL}
