@@ -170,7 +170,8 @@ def _save_state(folder: Path, model: torch.nn.Module, runner: Any, gen: torch.Ge
                          if k != "lr_lambdas"},
            "forward_passes": runner.forward_passes, "n_steps": runner.n_steps,
            "trajectory": {"steps": traj.steps, "loss": traj.loss, "lr": traj.lr},
-           "eval_curve": tracker.curve}
+           "eval_curve": tracker.curve, "best_epoch": tracker.best_epoch,
+           "best_score": tracker.best_score if math.isfinite(tracker.best_score) else None}
     (folder / "state.json").write_text(json.dumps(doc))
 
 
@@ -196,6 +197,8 @@ def _restore(folder: Path, model: torch.nn.Module, runner: Any, gen: torch.Gener
     traj.steps, traj.loss, traj.lr = (doc["trajectory"]["steps"], doc["trajectory"]["loss"],
                                       doc["trajectory"]["lr"])
     tracker.curve = doc["eval_curve"]
+    tracker.best_epoch = doc["best_epoch"]
+    tracker.best_score = -math.inf if doc["best_score"] is None else doc["best_score"]
     torch.set_rng_state(tensors["rng.torch"])
     gen.set_state(tensors["rng.data"])
     return doc["step"], doc["epoch"], list(doc["losses"]), float(doc["seconds"])

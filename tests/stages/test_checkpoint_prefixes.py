@@ -56,6 +56,8 @@ def test_continuing_from_a_boundary_is_bit_for_bit_an_uninterrupted_run(schedule
     assert report.summary["resumed_from_epoch"] == boundary
     assert report.steps == full.steps and report.losses == full.losses
     assert report.eval_curve == full.eval_curve
+    # the stage's meta too (best epoch, held-out figures), but for where it resumed
+    assert {k: v for k, v in report.summary.items() if k != "resumed_from_epoch"} == full.summary
     assert _same(straight, continued)
     # and the boundary state is not the end state: continuing really trained
     unfinished, _, _ = _train(boundary, "constant")
@@ -92,3 +94,14 @@ def test_a_boundary_is_shared_by_runs_that_only_end_differently():
     assert const4 == const3 == wsd == wsd_other
     assert const4["epochs"] == 2 and "decay" not in const4["optimizer"]
     assert training_boundaries(_params(schedule="constant", lr=2e-3))[2] != const4
+
+
+def test_continuing_from_the_runs_own_last_boundary_trains_nothing_more():
+    """A constant run of 3 epochs finds the boundary after epoch 3 cached (a longer
+    run passed it): it loads it, trains no step, and ends as the straight run."""
+    straight, _, full = _train(3, "constant")
+    _, saved, _ = _train(4, "constant")
+    continued, _, report = _train(3, "constant", resume=saved[3])
+    assert report.summary["resumed_from_epoch"] == 3 and report.steps == full.steps
+    assert {k: v for k, v in report.summary.items() if k != "resumed_from_epoch"} == full.summary
+    assert _same(straight, continued)
