@@ -126,6 +126,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "*_finetune.optimizer.weight_decay": (None, 10),
     "*_finetune.optimizer.grad_clip": (None, 1e6),
     "*_finetune.optimizer.warmup": (None, 1),
+    "*_finetune.optimizer.decay": (None, 1),  # wsd: its pydantic field refuses 0 and 1
     "*_finetune.optimizer.label_smoothing": (None, 1),
     "*_finetune.optimizer.beta1": (None, 1),
     "*_finetune.optimizer.beta2": (None, 1),
