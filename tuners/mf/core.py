@@ -313,8 +313,11 @@ class RungTuner(Tuner):
         """Called after a segment's result is recorded on its trial."""
         return None
 
-    def _propose(self, cache_view: CacheView, index: int) -> Candidate:  # unused: ask is overridden
-        raise NotImplementedError
+    def _propose(self, cache_view: CacheView, index: int) -> Candidate:
+        """Tuner's hook for stage-level asks; never called, since `ask` chooses between a
+        promotion and `_propose_new`."""
+        raise TypeError(f"{type(self).__name__} proposes through ask(): promotions or "
+                        f"_propose_new, never Tuner._propose")
 
     # ------------------------------------------------------------------ views for reports
     def trial_epochs(self) -> dict[int, int]:
