@@ -146,7 +146,8 @@ class _Outcome:
     wall_s: float
 
 
-def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactStore,
+def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]],
+              bounds: dict[str, dict[int, str]], store: ArtifactStore,
               device: str, progress: bool, locks: LockManager) -> list[_Outcome]:
     records = result_storage(store)
     options = dict(result_storage=records, task_run_name="{stage}[{key:.10}]")
@@ -154,7 +155,6 @@ def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]], store: ArtifactS
     reading = run_stage.with_options(cache_policy=stage_policy(None), **options)
     outcomes: list[_Outcome] = []
     keys: dict[str, str] = {}
-    bounds = boundary_keys(planned)
     for stage, key, params in planned:
         keys[stage.name] = key
         t0 = time.perf_counter()
@@ -213,11 +213,12 @@ def pipeline_flow(config: dict[str, Any], store_url: str, progress: bool = True,
                            Path(lock_dir) if lock_dir else DEFAULT_LOCK_DIR)
     planned = stage_keys(cfg)
     leased = [key for _, key, _ in planned]
-    leased += [k for b in boundary_keys(planned).values() for k in b.values()]
+    bounds = boundary_keys(planned)  # checkpoint prefixes: computed once per run
+    leased += [k for b in bounds.values() for k in b.values()]
     with leases.hold(store, leased):  # gc leaves these alone
         for attempt in range(3):
             try:
-                outcomes = _run_once(planned, store, device, progress, manager)
+                outcomes = _run_once(planned, bounds, store, device, progress, manager)
                 break
             except UpstreamCorrupt as e:
                 if attempt == 2:
