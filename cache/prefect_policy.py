@@ -62,6 +62,9 @@ class StageOutput(BaseModel):
     compute_s: float
     fetch_s: dict[str, float] = Field(default_factory=dict)
     reused: bool = False
+    # a miss that continued from a checkpoint prefix: the boundary's recorded compute
+    # seconds (reused), its fetch is in fetch_s as `<stage>@epoch<e>`
+    resumed_s: float = 0.0
 
 
 def stage_output(store: ArtifactStore, manifest: Manifest, **extra: Any) -> StageOutput:

@@ -95,32 +95,38 @@ def run_stage(stage: str, key: str, params: dict[str, Any], upstream_keys: dict[
         workdir = Path(tmp) / "out"
         workdir.mkdir()
         ctx = StageContext(device=device, logger=logger, progress=progress, stage=stage, key=key)
+        resumed_s = 0.0
         if boundaries:
-            _prefixes(ctx, store, stage, key, dict(boundaries), Path(tmp), fetch_s)
+            resumed_s = _prefixes(ctx, store, stage, key, dict(boundaries), Path(tmp), fetch_s)
         t0 = time.perf_counter()
         result = spec.load_run()(params, upstream, workdir, ctx)
         compute_s = time.perf_counter() - t0
         manifest = store.commit(key, workdir, stage=stage, compute_s=compute_s,
                                 meta={"metrics": result.metrics, "meta": result.meta,
                                       "params": params, "upstream": upstream_keys})
-    return stage_output(store, manifest, fetch_s=fetch_s).model_dump(mode="json")
+    return stage_output(store, manifest, fetch_s=fetch_s,
+                        resumed_s=resumed_s).model_dump(mode="json")
 
 
 def _prefixes(ctx: StageContext, store: ArtifactStore, stage: str, key: str,
-              boundaries: dict[int, str], tmp: Path, fetch_s: dict[str, float]) -> None:
+              boundaries: dict[int, str], tmp: Path, fetch_s: dict[str, float]) -> float:
     """Checkpoint prefixes of a training stage: continue from the deepest boundary
     in the store (its fetch is a load, like an upstream's), commit the others as
-    training passes them (each an entry of its own, manifest last)."""
+    training passes them (each an entry of its own, manifest last). Returns the
+    compute seconds of the boundary continued from (0.0: from scratch)."""
+    resumed_s = 0.0
     for epoch in sorted(boundaries, reverse=True):
         if store.has(boundaries[epoch]):
             t0 = time.perf_counter()
             try:
+                found = store.manifest(boundaries[epoch])
                 ctx.resume_dir = store.fetch(boundaries[epoch])
             except (CorruptEntryError, EntryNotFoundError) as e:  # damaged: start over
                 ctx.logger.warning("checkpoint after epoch %d unusable (%s); not resuming",
                                    epoch, e)
                 break
             fetch_s[f"{stage}@epoch{epoch}"] = time.perf_counter() - t0
+            resumed_s = found.compute_s if found is not None else 0.0
             break
 
     def keep(epoch: int, write: Callable[[Path], None], seconds: float) -> None:
@@ -135,6 +141,7 @@ def _prefixes(ctx: StageContext, store: ArtifactStore, stage: str, key: str,
         shutil.rmtree(folder)
 
     ctx.checkpoint = keep
+    return resumed_s
 
 
 @dataclass
@@ -177,19 +184,23 @@ def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]],
 def _stage_runs(outcomes: list[_Outcome]) -> list[StageRun]:
     """The run's stage rows. Loading a cached upstream's files for a computing stage
     is part of that upstream's load cost; a cached stage saved its recorded compute
-    seconds less its load seconds."""
+    seconds less its load seconds. A stage that continued from a checkpoint prefix
+    is computed: it loaded the boundary and saved the boundary's compute seconds."""
     cached = {o.output.stage for o in outcomes if o.cached}
     load = {o.output.stage: o.wall_s if o.cached else 0.0 for o in outcomes}
     for o in outcomes:
         for need, secs in o.output.fetch_s.items():
             if need in cached:
                 load[need] += secs
+            elif need.startswith(f"{o.output.stage}@epoch"):
+                load[o.output.stage] += secs
     return [StageRun(name=o.output.stage, key=o.output.key,
                      status="cached" if o.cached else "computed",
                      compute_s=0.0 if o.cached else o.output.compute_s,
                      load_s=load[o.output.stage],
-                     saved_s=round(max(0.0, o.output.compute_s - load[o.output.stage]), 3)
-                     if o.cached else 0.0)
+                     saved_s=round(max(0.0, (o.output.compute_s if o.cached
+                                             else o.output.resumed_s) - load[o.output.stage]), 3)
+                     if o.cached or o.output.resumed_s else 0.0)
             for o in outcomes]
 
 

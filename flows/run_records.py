@@ -129,6 +129,10 @@ class Trial(_Stages):
     spent: float = 0.0  # the study's budget spent after this trial
     flow_run: str | None = None
     flow_run_id: str | None = None
+    # multi-fidelity studies: each rung of a configuration is a trial of its own
+    config_id: int | None = None  # the configuration (the tuner's trial number)
+    rung: int | None = None
+    epochs: int | None = None  # the fidelity stage trained to this many epochs
 
     @property
     def shown_params(self) -> list[dict[str, Any]]:

@@ -39,13 +39,15 @@ from prefect.artifacts import (
 )
 
 from cache.store import ArtifactStore
-from flows.config import PipelineConfig, apply_params, load_config
+from flows.config import load_config
+from flows.fidelity import StoreView, study_space
 from flows.pipeline import pipeline_flow
 from flows.run_records import RunSummary, StageRun, StudyRecord, StudyResult, Trial, round_sig
 from flows.study import StudyError, study_doc_name
 from flows.validation import check_dispatch
 from stages.pipeline import STAGE_NAMES
-from tuners import CacheView, Candidate, SearchSpace, make_tuner
+from tuners import Candidate, SearchSpace, make_tuner
+from tuners.mf import MFCandidate
 
 
 @dataclass(frozen=True)
@@ -70,23 +72,6 @@ class StageGroups:
         costs = [sum(rows[i].spent_s for i in g) for g in self.groups]
         cached = [rows[p].cached for p in self.tuned]
         return costs, cached
-
-
-def cache_view(store: ArtifactStore, trials: list[Trial], groups: StageGroups) -> CacheView:
-    """Which prefixes of earlier trials are still in the store, with their load times."""
-    runs = []
-    for t in trials:
-        in_store = [store.has(t.stages[p].key) for p in groups.tuned]
-        loads = [t.tuner_costs[k] if t.tuner_cached[k] else None
-                 for k in range(len(groups.tuned))]
-        runs.append((t.params, in_store, loads))
-    return CacheView.from_runs(runs)
-
-
-def candidate_config(cfg: PipelineConfig, space: SearchSpace, cand: Candidate) -> PipelineConfig:
-    return apply_params(cfg, {name: space.active_params(k, params)
-                              for k, (name, params) in enumerate(zip(space.stage_names,
-                                                                     cand.params, strict=True))})
 
 
 @flow(name="memotune-tune", log_prints=True)
@@ -124,10 +109,17 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
     elif resume:
         rec.budget = max(budget, rec.budget)
     cfg = load_config(doc=rec.config)
-    space = SearchSpace.from_spec(cfg.search, STAGE_NAMES)
+    study_sp = study_space(cfg, rec.tuner)
+    space, fid = study_sp.space, study_sp.fidelity
+    if fid is not None and not fid.resumable:
+        logger.warning("%s's schedule has no checkpoint prefixes: each promotion of %s trains "
+                       "from scratch (use a constant or wsd schedule without warm-up)",
+                       fid.stage, rec.tuner)
     groups = StageGroups.of(space)
+    view = StoreView(store, cfg, study_sp, groups.tuned)
     t = make_tuner(rec.tuner, space, budget=rec.budget, seed=rec.seed or 0,
-                   warmup=rec.warmup if rec.warmup is not None else warmup)
+                   warmup=rec.warmup if rec.warmup is not None else warmup,
+                   **(fid.tuner_kwargs() if fid is not None else {}))
     if rec.tuner_state is not None:
         t.load_state_dict(rec.tuner_state)
         t.budget = float(rec.budget)
@@ -160,13 +152,14 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
     def told(cand: Candidate, active: list[dict[str, Any]], summary: RunSummary,
              flow_run_name: str) -> None:
         costs, cached = groups.fold(summary.stages)
+        study_sp.resumed_from(cand, summary)  # multi-fidelity: where the rung's training began
         t.tell(cand, summary.objective, costs, cached)
         trials.append(Trial(id=cand.id, params=cand.params, active_params=active,
                             prefix_depth=cand.prefix_depth, objective=summary.objective,
                             metrics=summary.metrics, stages=summary.stages,
                             adapted=summary.adapted, tuner_costs=costs, tuner_cached=cached,
                             spent=t.spent, flow_run=flow_run_name,
-                            flow_run_id=summary.flow_run_id))
+                            flow_run_id=summary.flow_run_id, **_rung_fields(cand)))
         rec.tuner_state = t.state_dict()
         save("running")
         # the Prefect UI's view of the study, after every trial
@@ -180,9 +173,9 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
             submit = pool.submit if deployment is not None else _run_here
             while True:
                 while room():
-                    cand = resubmit.pop(0) if resubmit else t.ask(cache_view(store, trials, groups))
-                    run_cfg = candidate_config(cfg, space, cand)
-                    active = [space.active_params(k, p) for k, p in enumerate(cand.params)]
+                    cand = resubmit.pop(0) if resubmit else t.ask(view(trials))
+                    run_cfg = study_sp.config(cfg, cand)
+                    active = list(study_sp.stage_params(cand).values())
                     logger.info("trial %d: %s (reusing %d cached stages by choice)", cand.id,
                                 active, cand.prefix_depth)
                     inflight[submit(run, cand, run_cfg.model_dump(mode="json"))] = (cand, active)
@@ -211,6 +204,13 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
     return StudyResult(study=study, tuner=rec.tuner, budget=t.budget, spent=t.spent,
                        trials=trials, best=rec.best,
                        stage_names=list(space.stage_names)).model_dump(mode="json")
+
+
+def _rung_fields(cand: Candidate) -> dict[str, Any]:
+    """A multi-fidelity segment's configuration number, rung and epochs (for its Trial)."""
+    if not isinstance(cand, MFCandidate):
+        return {}
+    return {"config_id": cand.trial, "rung": cand.rung, "epochs": cand.epochs}
 
 
 # a trial's run: its summary and the name of its flow run

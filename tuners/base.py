@@ -411,6 +411,7 @@ def _builtin_plugins() -> None:
     importlib.import_module("tuners.bo")
     importlib.import_module("tuners.random_search")
     _REGISTRY.setdefault("tpe", lambda: importlib.import_module("tuners.tpe").TPETuner)
+    importlib.import_module("tuners.mf").register_mf_tuners()  # epochs as a fidelity
 
 
 def available_tuners() -> list[str]:

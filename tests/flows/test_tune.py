@@ -15,9 +15,10 @@ import yaml
 
 from cache.store import ArtifactStore
 from flows.config import load_config
+from flows.fidelity import study_space
 from flows.plan import stage_keys
 from flows.run_records import StageRun, StudyResult
-from flows.tune import StageGroups, candidate_config, plot_progress, tune_flow
+from flows.tune import StageGroups, plot_progress, tune_flow
 from stages.pipeline import STAGE_NAMES
 from tuners import Candidate, SearchSpace, make_tuner
 
@@ -106,7 +107,7 @@ def test_default_search_tunes_adam_hd_rate_only_when_the_mode_is_hypergradient()
         target = {"epochs": 10, "optimizer.mode": mode, "optimizer.lr": 1e-3,
                   "optimizer.hypergrad_lr": hd_lr}
         params = [space.canonicalize(0, inter), space.canonicalize(1, target)]
-        return candidate_config(cfg, space, Candidate(params=params, id=0))
+        return study_space(cfg, "eeipu").config(cfg, Candidate(params=params, id=0))
 
     hd = config("hypergradient", 3e-6).target_finetune.optimizer
     assert hd["mode"] == "hypergradient" and hd["hypergrad_lr"] == 3e-6 and hd["lr"] == 1e-3

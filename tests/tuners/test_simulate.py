@@ -20,11 +20,12 @@ from tuners import (
     simulate,
     synthetic_suite,
 )
+from tuners.mf import MF_TUNERS
 from tuners.random_search import RandomSearch
 
 
 def test_registry_lists_every_tuner() -> None:
-    assert set(available_tuners()) == set(ALL_TUNERS)
+    assert set(available_tuners()) == set(ALL_TUNERS) | set(MF_TUNERS)
     with pytest.raises(ValueError, match="unknown tuner"):
         make_tuner("nope", SearchSpace([[FloatParam("x", 0.0, 1.0)]]), budget=1.0)
 

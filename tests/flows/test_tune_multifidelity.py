@@ -1,0 +1,100 @@
+"""Multi-fidelity studies on the real pipeline: rungs set the target stage's epochs, and a
+promotion continues from the configuration's cached checkpoint instead of retraining."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cache.store import ArtifactStore
+from flows.config import load_config
+from flows.fidelity import study_space
+from flows.study import StudyError
+from flows.tune import tune_flow
+
+MEMOTUNE = str(Path(sys.executable).parent / "memotune")
+CONSTANT = {"mode": "adamw", "lr": 1e-3, "schedule": "constant", "warmup": 0}
+SEARCH = {"target_finetune": {
+    "epochs": {"type": "int", "low": 1, "high": 4},
+    "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}}
+
+
+def _doc(tiny: dict[str, Any]) -> dict[str, Any]:
+    tiny["target_finetune"] = {"epochs": 2, "optimizer": CONSTANT}
+    tiny["search"] = SEARCH
+    return tiny
+
+
+def test_the_fidelity_is_the_last_tuned_training_stage_and_its_epochs_range(tiny):
+    study = study_space(load_config(doc=_doc(tiny)), "asha")
+    fid = study.fidelity
+    assert fid is not None and (fid.stage, fid.min_epochs, fid.max_epochs) == ("target_finetune",
+                                                                                  1, 4)
+    assert fid.resumable and study.space.stage_names == ("target_finetune",)
+    assert "epochs" not in {p.name for p in study.space.stages[0]}  # the tuner sets it per rung
+    assert study_space(load_config(doc=tiny), "eeipu").fidelity is None  # stage-level: as is
+
+
+@pytest.mark.parametrize(("search", "message"), [
+    ({"evaluate": {"batch_size": {"type": "int", "low": 8, "high": 16}}},
+     "must be a training stage; it is search.evaluate"),
+    ({"target_finetune": {"epochs": {"type": "categorical", "choices": [1, 2]},
+                          "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-3}}},
+     "search.target_finetune.epochs: a multi-fidelity tuner needs an int range"),
+    ({"target_finetune": {"epochs": {"type": "int", "low": 1, "high": 6}}},
+     "nothing to tune but target_finetune.epochs"),
+    ({"target_finetune": {"epochs": {"type": "int", "low": 3, "high": 3},
+                          "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-3}}},
+     "no epochs to stop early"),
+])
+def test_a_search_a_multi_fidelity_tuner_cannot_use_is_one_clear_error(tiny, search, message):
+    tiny["search"] = search
+    with pytest.raises(StudyError, match=message.replace(".", r"\.")):
+        study_space(load_config(doc=tiny), "eeipu-mf")
+
+
+def test_asha_promotes_a_trial_by_continuing_its_cached_checkpoint(prefect_api, tiny, store_url,
+                                                                  tmp_path):
+    cfg = load_config(doc=_doc(tiny))
+    result = tune_flow(store_url, "mf", config=cfg.model_dump(mode="json"), tuner="asha",
+                       budget=1e6, warmup=3, seed=0, progress=False,
+                       lock_dir=str(tmp_path / "locks"), max_trials=4)
+    trials = result["trials"]
+    assert [(t["rung"], t["epochs"]) for t in trials] == [(0, 1)] * 3 + [(1, 3)]
+    best = max(trials[:3], key=lambda t: t["objective"])
+    promoted = trials[3]
+    assert promoted["config_id"] == best["config_id"] and promoted["params"] == best["params"]
+    assert promoted["active_params"][0]["epochs"] == 3
+    target = promoted["stages"][2]
+    # computed, but only epochs 2-3: it loaded the 1-epoch boundary and saved its seconds
+    assert target["status"] == "computed" and target["saved_s"] > 0 and target["load_s"] > 0
+    store = ArtifactStore(store_url)
+    assert store.manifest(target["key"]).meta["meta"]["resumed_from_epoch"] == 1
+    doc = store.get_json("studies/mf/study.json")
+    segments = doc["tuner_state"]["extra"]["segments"]
+    assert segments["3"]["trained_from"] == 1 and segments["0"]["trained_from"] == 0
+
+
+@pytest.mark.slow
+def test_eeipu_mf_runs_from_the_cli_and_prices_cached_checkpoints(tiny, cli_env, tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_doc(tiny)))
+    store_url = str(tmp_path / "store")
+    args = [MEMOTUNE, "tune", str(cfg_path), "--store", store_url, "--tuner", "eeipu-mf",
+            "--warmup", "2", "--budget", "1000000", "--max-trials", "5", "--study", "e",
+            "--json"]
+    done = subprocess.run(args, env=cli_env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = json.loads(done.stdout)["trials"]
+    assert len(trials) == 5
+    assert trials[2]["rung"] == 0 and trials[2]["config_id"] == 2  # an acquisition's new trial
+    promoted = [t for t in trials if t["rung"] == 1]
+    assert promoted and all(t["stages"][2]["saved_s"] > 0 for t in promoted)
+    state = ArtifactStore(store_url).get_json("studies/e/study.json")["tuner_state"]
+    assert state["tuner"] == "eeipu-mf"
