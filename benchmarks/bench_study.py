@@ -11,7 +11,7 @@ reuse; then EEIPU's ratios against each baseline.
 Resumable: finished studies are kept in the results file, and a study killed
 mid-way continues from its store (`tune --resume`) on the next invocation.
 
-    python benchmarks/bench_study.py --seeds 3 --budget 240 [--tuners eeipu ei random]
+    python benchmarks/bench_study.py --seeds 3 --budget 150 [--tuners eeipu ei random ...]
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from benchmarks.presets import PRESETS  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "RESULTS_study.json"
 WORK = ROOT / "benchmarks" / ".work" / "study"
 FRACTIONS = (0.25, 0.5, 1.0)
+# stage-level tuners, then the multi-fidelity ones (rungs over the target stage's epochs)
+TUNERS = ("eeipu", "ei", "random", "eeipu-mf", "asha", "tpe-hyperband", "one-epoch-topk")
 
 
 def best_at(trials: list[dict[str, Any]], budget: float, fraction: float) -> float | None:
@@ -59,7 +61,8 @@ def run_study(tuner: str, seed: int, budget: float, preset: str, warmup: int) ->
                        resume=resume, lock_dir=str(folder / "locks"))
     trials = [{"id": t["id"], "objective": t["objective"], "spent": t["spent"],
                "saved_s": sum(s["saved_s"] for s in t["stages"]),
-               "reused": sum(s["status"] == "cached" for s in t["stages"])}
+               "reused": sum(s["status"] == "cached" for s in t["stages"]),
+               "rung": t.get("rung"), "epochs": t.get("epochs")}
               for t in result["trials"]]
     return {"tuner": tuner, "seed": seed, "budget": budget, "spent": result["spent"],
             "wall_s": time.perf_counter() - t0, "trials": trials}
@@ -114,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=float, default=240.0, help="stage seconds per study")
-    ap.add_argument("--tuners", nargs="+", default=["eeipu", "ei", "random"])
+    ap.add_argument("--tuners", nargs="+", default=list(TUNERS))
     ap.add_argument("--preset", default="study-small", choices=sorted(PRESETS))
     ap.add_argument("--warmup", type=int, default=3, help="random trials before BO")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results")
