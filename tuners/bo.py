@@ -55,9 +55,9 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -66,7 +66,7 @@ from botorch.utils.sampling import draw_sobol_normal_samples, draw_sobol_samples
 from torch import Tensor
 
 from tuners.acquisition import LogCostCooledEI, screen
-from tuners.base import CacheView, Candidate, Tuner, register_tuner
+from tuners.base import CacheView, Candidate, Observation, Tuner, register_tuner
 from tuners.models import (
     DTYPE,
     GPPredictor,
@@ -110,10 +110,88 @@ class _Prefix:
     pinned: Tensor  # unit values of the pinned columns
 
 
-class CostAwareBO(Tuner):
-    """GP-based BO with a cost-cooled, optionally memoization-aware acquisition.
+def fallback_load_costs(observations: Sequence[Observation], n_stages: int,
+                        load_fraction: float) -> list[float]:
+    """Per stage: mean told load cost, else ``load_fraction`` x mean compute cost."""
+    out = []
+    for k in range(n_stages):
+        loads = [o.stage_costs[k] for o in observations if o.cached[k]]
+        comps = [o.stage_costs[k] for o in observations if not o.cached[k]]
+        if loads:
+            out.append(max(sum(loads) / len(loads), 1e-9))
+        elif comps:
+            out.append(max(load_fraction * sum(comps) / len(comps), 1e-9))
+        else:
+            out.append(1e-3)
+    return out
 
-    Keyword args (all have defaults tuned for ~1 s asks on 2 cores):
+
+def pinned_blocks(raw: Tensor, pinned: Sequence[Tensor]) -> list[Tensor]:
+    """The shared Sobol screening points, once per prefix with its pinned columns set."""
+    blocks = []
+    for pin in pinned:
+        Xb = raw.clone()
+        if pin.numel():
+            Xb[:, : pin.numel()] = pin
+        blocks.append(Xb)
+    return blocks
+
+
+def screened_contenders(vals: Tensor, blocks: Sequence[Tensor],
+                        n_keep: int) -> tuple[list[int], list[tuple[int, Tensor]]]:
+    """Prefixes ordered by their best screened value, and each one's ``n_keep`` best
+    screened points as (prefix index, unit row): the contenders before optimization."""
+    order = torch.argsort(vals.max(dim=-1).values, descending=True).tolist()
+    rows = [(i, blocks[i][j]) for i in order
+            for j in torch.topk(vals[i], min(n_keep, vals.shape[1])).indices.tolist()]
+    return order, rows
+
+
+def pool_prefixes(space: Any, ranked: Sequence[tuple[float, Sequence[Mapping[str, Any]]]],
+                  cached: Sequence[Sequence[Mapping[str, Any]]], top_n: int,
+                  max_cached: int) -> list[list[dict[str, Any]]]:
+    """The pinned prefixes of the acquisition's pool (EEIPU's candidate generation).
+
+    ``ranked``: (value, config) best first; the prefixes of the ``top_n`` best
+    come first, then up to ``max_cached`` cached prefixes ranked by the best
+    configuration through them (prefixes not of this space are skipped).
+    """
+    s = space.n_stages
+    best_through: dict[str, float] = {}
+    for value, params in ranked:  # sorted: first write is the best run through each prefix
+        for d in range(1, s):
+            best_through.setdefault(prefix_key(params[:d]), value)
+    chosen: list[list[dict[str, Any]]] = []
+    seen = {prefix_key([])}
+
+    def add(params: Sequence[Mapping[str, Any]]) -> None:
+        key = prefix_key(params)
+        if key not in seen:
+            seen.add(key)
+            chosen.append([dict(x) for x in params])
+
+    for _, params in ranked[:top_n]:
+        for d in range(1, s):
+            add(params[:d])
+    n_cached = 0
+    for p in sorted(cached, key=lambda p: (best_through.get(prefix_key(p), -math.inf), len(p)),
+                    reverse=True):
+        if n_cached >= max_cached:
+            break
+        try:
+            space.validate([dict(x) for x in p])
+        except (ValueError, KeyError, TypeError):
+            continue  # not a prefix of this space (e.g. another study's runs)
+        add(p)
+        n_cached += 1
+    return chosen
+
+
+@dataclass(frozen=True)
+class BOSettings:
+    """The acquisition-optimization knobs of every BO tuner (stage-level and EEIPU-MF).
+
+    Defaults are tuned for ~1 s asks on 2 cores:
         n_mc: QMC samples for ``E[1/C]`` (authors: 1000; 512 Sobol points are
             plenty for a 1-5 dimensional lognormal sum).
         n_mc_screen: the first draws of the same QMC set, used while screening
@@ -131,6 +209,33 @@ class CostAwareBO(Tuner):
         threads: torch intra-op threads during an ask (``None``: leave as is).
     """
 
+    n_mc: int = 512
+    n_mc_screen: int = 64
+    raw_samples: int = 512
+    num_restarts: int = 4
+    n_optimize: int = 3
+    top_n: int = 5
+    max_cached_prefixes: int = 16
+    max_pool: int = 32
+    maxiter: int = 100
+    fit_maxiter: int = 50
+    full_refit_every: int = 10
+    load_fraction: float = 0.01
+    threads: int | None = 1
+
+    def apply_to(self, tuner: Any) -> None:
+        """Set every knob as an attribute of ``tuner`` (what the BO code reads)."""
+        for f in fields(self):
+            setattr(tuner, f.name, getattr(self, f.name))
+        tuner.full_refit_every = max(1, self.full_refit_every)
+
+
+class CostAwareBO(Tuner):
+    """GP-based BO with a cost-cooled, optionally memoization-aware acquisition.
+
+    Keyword args are ``BOSettings``'s knobs (unknown names raise TypeError).
+    """
+
     cost_model_kind: ClassVar[str] = "none"  # "none" | "total" | "stage"
     cooling: ClassVar[bool] = False
     memoize: ClassVar[bool] = False
@@ -141,41 +246,16 @@ class CostAwareBO(Tuner):
         budget: float,
         seed: int = 0,
         warmup: int = 10,
-        *,
-        n_mc: int = 512,
-        n_mc_screen: int = 64,
-        raw_samples: int = 512,
-        num_restarts: int = 4,
-        n_optimize: int = 3,
-        top_n: int = 5,
-        max_cached_prefixes: int = 16,
-        max_pool: int = 32,
-        maxiter: int = 100,
-        fit_maxiter: int = 50,
-        full_refit_every: int = 10,
-        load_fraction: float = 0.01,
-        threads: int | None = 1,
+        **settings: Any,
     ) -> None:
         super().__init__(space, budget, seed, warmup)
-        self.n_mc = n_mc
-        self.n_mc_screen = n_mc_screen
-        self.raw_samples = raw_samples
-        self.num_restarts = num_restarts
-        self.n_optimize = n_optimize
-        self.top_n = top_n
-        self.max_cached_prefixes = max_cached_prefixes
-        self.max_pool = max_pool
-        self.maxiter = maxiter
-        self.fit_maxiter = fit_maxiter
-        self.full_refit_every = max(1, full_refit_every)
-        self.load_fraction = load_fraction
-        self.threads = threads
+        BOSettings(**settings).apply_to(self)
         self._hparams: dict[str, Any] = {"objective": None, "cost": None}
         self._discrete = any(
             not isinstance(p, FloatParam) for stage in space.stages for p in stage
         )
         self._z = draw_sobol_normal_samples(
-            d=max(1, space.n_stages), n=n_mc, dtype=DTYPE, seed=self.seed
+            d=max(1, space.n_stages), n=self.n_mc, dtype=DTYPE, seed=self.seed
         )
         self._unit_cache: dict[str, list[float]] = {}
 
@@ -228,18 +308,7 @@ class CostAwareBO(Tuner):
         return model
 
     def _fallback_load_costs(self) -> list[float]:
-        """Per stage: mean told load cost, else ``load_fraction`` x mean compute cost."""
-        out = []
-        for k in range(self.space.n_stages):
-            loads = [o.stage_costs[k] for o in self.observations if o.cached[k]]
-            comps = [o.stage_costs[k] for o in self.observations if not o.cached[k]]
-            if loads:
-                out.append(max(sum(loads) / len(loads), 1e-9))
-            elif comps:
-                out.append(max(self.load_fraction * sum(comps) / len(comps), 1e-9))
-            else:
-                out.append(1e-3)
-        return out
+        return fallback_load_costs(self.observations, self.space.n_stages, self.load_fraction)
 
     def _make_prefix(self, params: list[dict[str, Any]], view: CacheView, fallback: list[float]) -> _Prefix:
         s = self.space.n_stages
@@ -274,38 +343,9 @@ class CostAwareBO(Tuner):
             key=lambda o: o.objective,  # type: ignore[arg-type,return-value]
             reverse=True,
         )
-        best_through: dict[str, float] = {}
-        for o in done:  # sorted: first write is the best run through each prefix
-            for d in range(1, s):
-                best_through.setdefault(prefix_key(o.params[:d]), float(o.objective))  # type: ignore[arg-type]
-        chosen: list[list[dict[str, Any]]] = []
-        seen = {prefix_key([])}
-
-        def add(params: list[dict[str, Any]]) -> None:
-            key = prefix_key(params)
-            if key not in seen:
-                seen.add(key)
-                chosen.append(params)
-
-        for o in done[: self.top_n]:
-            for d in range(1, s):
-                add(o.params[:d])
-        ranked = sorted(
-            (p for p in view.prefixes if p.depth < s),
-            key=lambda p: (best_through.get(p.key(), -math.inf), p.depth),
-            reverse=True,
-        )
-        n_cached = 0
-        for p in ranked:
-            if n_cached >= self.max_cached_prefixes:
-                break
-            params = [dict(x) for x in p.params]
-            try:
-                self.space.validate(params)
-            except (ValueError, KeyError, TypeError):
-                continue  # not a prefix of this space (e.g. another study's runs)
-            add(params)
-            n_cached += 1
+        chosen = pool_prefixes(self.space, [(float(o.objective), o.params) for o in done],  # type: ignore[arg-type]
+                               [list(p.params) for p in view.prefixes if p.depth < s],
+                               self.top_n, self.max_cached_prefixes)
         for params in chosen[: self.max_pool - 1]:
             pool.append(self._make_prefix(params, view, fallback))
         return pool
@@ -352,15 +392,9 @@ class CostAwareBO(Tuner):
         bounds = torch.stack([torch.zeros(d, dtype=DTYPE), torch.ones(d, dtype=DTYPE)])
         raw = draw_sobol_samples(bounds, n=self.raw_samples, q=1, seed=self.seed * 7919 + index)
         raw = self._round(raw.squeeze(-2))
-        blocks, cached_rows, eps_rows = [], [], []
-        for pre in pool:
-            Xb = raw.clone()
-            w = pre.pinned.numel()
-            if w:
-                Xb[:, :w] = pre.pinned
-            blocks.append(Xb)
-            cached_rows.append(pre.cached.expand(Xb.shape[0], s))
-            eps_rows.append(pre.log_eps.expand(Xb.shape[0], s))
+        blocks = pinned_blocks(raw, [pre.pinned for pre in pool])
+        cached_rows = [pre.cached.expand(raw.shape[0], s) for pre in pool]
+        eps_rows = [pre.log_eps.expand(raw.shape[0], s) for pre in pool]
         Xall = torch.cat(blocks)
         vals = screen(
             pred, best_f, cost_model, eta, Xall, torch.cat(cached_rows), torch.cat(eps_rows),
@@ -370,12 +404,7 @@ class CostAwareBO(Tuner):
 
         # Final contenders (prefix index, valid unit row): the best screened points
         # of every prefix plus the rounded optima of the promising prefixes.
-        rows: list[tuple[int, Tensor]] = []
-        order = torch.argsort(vals.max(dim=-1).values, descending=True).tolist()
-        n_keep = max(self.num_restarts, 4)
-        for i in order:
-            for j in torch.topk(vals[i], min(n_keep, vals.shape[1])).indices.tolist():
-                rows.append((i, blocks[i][j]))
+        order, rows = screened_contenders(vals, blocks, max(self.num_restarts, 4))
         for i in order[: self.n_optimize]:
             pre = pool[i]
             w = pre.pinned.numel()

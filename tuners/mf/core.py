@@ -37,6 +37,7 @@ from tuners.base import CacheView, Candidate, Observation, Tuner
 from tuners.space import SearchSpace, prefix_key
 
 __all__ = [
+    "RUNG_ARGS",
     "CheckpointEntry",
     "MFCacheView",
     "MFCandidate",
@@ -48,6 +49,10 @@ __all__ = [
     "fidelity_key",
     "geometric_rungs",
 ]
+
+
+# RungTuner's keyword args: the algorithms take these and pass them on
+RUNG_ARGS = ("train_stage", "max_epochs", "min_epochs", "reduction_factor", "rungs")
 
 
 def geometric_rungs(min_epochs: int, max_epochs: int, reduction_factor: int) -> list[int]:
@@ -368,26 +373,11 @@ class OneEpochTopK(RungTuner):
 
     name = "one-epoch-topk"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        budget: float,
-        seed: int = 0,
-        warmup: int = 10,
-        *,
-        bracket_size: int = 9,
-        top_k: int = 3,
-        train_stage: int | None = None,
-        max_epochs: int = 9,
-        min_epochs: int = 1,
-        reduction_factor: int = 3,
-        rungs: Sequence[int] | None = None,
-    ) -> None:
-        rungs = list(rungs) if rungs else [min_epochs, max_epochs]
-        super().__init__(
-            space, budget, seed, warmup, train_stage=train_stage, max_epochs=max_epochs,
-            min_epochs=min_epochs, reduction_factor=reduction_factor, rungs=rungs,
-        )
+    def __init__(self, space: SearchSpace, budget: float, seed: int = 0, warmup: int = 10, *,
+                 bracket_size: int = 9, top_k: int = 3, **rung: Any) -> None:
+        if not rung.get("rungs"):  # two rungs: the first and the last
+            rung["rungs"] = [rung.get("min_epochs", 1), rung.get("max_epochs", 9)]
+        super().__init__(space, budget, seed, warmup, **rung)
         if len(self.rungs) != 2 or not 1 <= top_k <= bracket_size:
             raise ValueError("one-epoch-topk needs two rungs and 1 <= top_k <= bracket_size")
         self.bracket_size, self.top_k = int(bracket_size), int(top_k)

@@ -60,8 +60,15 @@ from torch import Tensor
 
 from tuners.acquisition import log_ei
 from tuners.base import CacheView, Candidate
-from tuners.bo import torch_threads
-from tuners.mf.core import MFCacheView, RungTuner
+from tuners.bo import (
+    BOSettings,
+    fallback_load_costs,
+    pinned_blocks,
+    pool_prefixes,
+    screened_contenders,
+    torch_threads,
+)
+from tuners.mf.core import RUNG_ARGS, MFCacheView, RungTuner
 from tuners.models import DTYPE, GPPredictor, StageCostModel, _LogCostGP, fit_gp
 from tuners.space import FloatParam, SearchSpace, prefix_key
 
@@ -141,49 +148,18 @@ class _Acq(AcquisitionFunction):
 class EEIPUMF(RungTuner):
     """ASHA rungs whose new trials come from EEIPU's acquisition (see the module docstring).
 
-    BO keyword args are ``CostAwareBO``'s, with the same defaults.
+    Keyword args: ``RungTuner``'s rungs (``RUNG_ARGS``), then ``BOSettings``'s knobs.
     """
 
     name = "eeipu-mf"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        budget: float,
-        seed: int = 0,
-        warmup: int = 10,
-        *,
-        train_stage: int | None = None,
-        max_epochs: int = 9,
-        min_epochs: int = 1,
-        reduction_factor: int = 3,
-        rungs: Sequence[int] | None = None,
-        n_mc: int = 512,
-        n_mc_screen: int = 64,
-        raw_samples: int = 512,
-        num_restarts: int = 4,
-        n_optimize: int = 3,
-        top_n: int = 5,
-        max_cached_prefixes: int = 16,
-        max_pool: int = 32,
-        maxiter: int = 100,
-        fit_maxiter: int = 50,
-        full_refit_every: int = 10,
-        load_fraction: float = 0.01,
-        threads: int | None = 1,
-    ) -> None:
-        super().__init__(
-            space, budget, seed, warmup, train_stage=train_stage, max_epochs=max_epochs,
-            min_epochs=min_epochs, reduction_factor=reduction_factor, rungs=rungs,
-        )
-        self.n_mc, self.n_mc_screen, self.raw_samples = n_mc, n_mc_screen, raw_samples
-        self.num_restarts, self.n_optimize, self.top_n = num_restarts, n_optimize, top_n
-        self.max_cached_prefixes, self.max_pool = max_cached_prefixes, max_pool
-        self.maxiter, self.fit_maxiter = maxiter, fit_maxiter
-        self.full_refit_every = max(1, full_refit_every)
-        self.load_fraction, self.threads = load_fraction, threads
+    def __init__(self, space: SearchSpace, budget: float, seed: int = 0, warmup: int = 10,
+                 **kwargs: Any) -> None:
+        rung = {k: kwargs.pop(k) for k in RUNG_ARGS if k in kwargs}
+        super().__init__(space, budget, seed, warmup, **rung)
+        BOSettings(**kwargs).apply_to(self)
         self._discrete = any(not isinstance(p, FloatParam) for st in space.stages for p in st)
-        self._z = draw_sobol_normal_samples(d=space.n_stages, n=n_mc, dtype=DTYPE, seed=self.seed)
+        self._z = draw_sobol_normal_samples(d=space.n_stages, n=self.n_mc, dtype=DTYPE, seed=self.seed)
         self._hparams: dict[str, Any] = {"objective": None, "cost": None}
         self._n_bo = 0
         self._cost_gps: dict[int, tuple[int, _LogCostGP]] = {}  # stage -> (rows, fit)
@@ -225,18 +201,7 @@ class EEIPUMF(RungTuner):
         return X, torch.tensor(ys, dtype=DTYPE).unsqueeze(-1)
 
     def _fallback_load_costs(self) -> list[float]:
-        """Per stage: mean told load cost, else ``load_fraction`` x mean compute cost."""
-        out = []
-        for k in range(self.space.n_stages):
-            loads = [o.stage_costs[k] for o in self.observations if o.cached[k]]
-            comps = [o.stage_costs[k] for o in self.observations if not o.cached[k]]
-            if loads:
-                out.append(max(sum(loads) / len(loads), 1e-9))
-            elif comps:
-                out.append(max(self.load_fraction * sum(comps) / len(comps), 1e-9))
-            else:
-                out.append(1e-3)
-        return out
+        return fallback_load_costs(self.observations, self.space.n_stages, self.load_fraction)
 
     def _fit_cost_model(self, full: bool, fallback: list[float]) -> StageCostModel:
         t = self.train_stage
@@ -374,37 +339,10 @@ class EEIPUMF(RungTuner):
         pool = [self._price([], view, fallback)]
         if s < 2:
             return pool
-        best_through: dict[str, float] = {}
-        for mean, params in ranked:  # sorted: first write is the best trial through each prefix
-            for d in range(1, s):
-                best_through.setdefault(prefix_key(params[:d]), mean)
-        chosen: list[list[dict[str, Any]]] = []
-        seen = {prefix_key([])}
-
-        def add(params: list[dict[str, Any]]) -> None:
-            key = prefix_key(params)
-            if key not in seen:
-                seen.add(key)
-                chosen.append(params)
-
-        for _, params in ranked[: self.top_n]:
-            for d in range(1, s):
-                add(params[:d])
         cached = [list(p.params) for p in view.prefixes if p.depth < s]
         if isinstance(view, MFCacheView):
             cached += [list(e.params) for e in view.checkpoints.values() if len(e.params) < s]
-        cached.sort(key=lambda p: (best_through.get(prefix_key(p), -math.inf), len(p)), reverse=True)
-        n_cached = 0
-        for p in cached:
-            if n_cached >= self.max_cached_prefixes:
-                break
-            params = [dict(x) for x in p]
-            try:
-                self.space.validate(params)
-            except (ValueError, KeyError, TypeError):
-                continue
-            add(params)
-            n_cached += 1
+        chosen = pool_prefixes(self.space, ranked, cached, self.top_n, self.max_cached_prefixes)
         pool.extend(self._price(p, view, fallback) for p in chosen[: self.max_pool - 1])
         return pool
 
@@ -429,22 +367,10 @@ class EEIPUMF(RungTuner):
         bounds = torch.stack([torch.zeros(d, dtype=DTYPE), torch.ones(d, dtype=DTYPE)])
         raw = draw_sobol_samples(bounds, n=self.raw_samples, q=1, seed=self.seed * 7919 + index)
         raw = self._round(raw.squeeze(-2))
-        blocks, rows = [], []
-        for pre in pool:
-            Xb = raw.clone()
-            w = pre.pinned.numel()
-            if w:
-                Xb[:, :w] = pre.pinned
-            blocks.append(Xb)
-            rows.extend([pre] * Xb.shape[0])
+        blocks = pinned_blocks(raw, [pre.pinned for pre in pool])
+        rows = [pre for pre in pool for _ in range(raw.shape[0])]
         vals = self._screen(m, torch.cat(blocks), rows, self.n_mc_screen).view(len(pool), -1)
-
-        contenders: list[tuple[int, Tensor]] = []
-        order = torch.argsort(vals.max(dim=-1).values, descending=True).tolist()
-        n_keep = max(self.num_restarts, 4)
-        for i in order:
-            for j in torch.topk(vals[i], min(n_keep, vals.shape[1])).indices.tolist():
-                contenders.append((i, blocks[i][j]))
+        order, contenders = screened_contenders(vals, blocks, max(self.num_restarts, 4))
         for i in order[: self.n_optimize]:
             pre = pool[i]
             w = pre.pinned.numel()

@@ -7,7 +7,7 @@ reduction factor) decides at every rung: the segment's objective is
 trial that survives continues at the next ask (depth first, as an Optuna
 objective function would: report, check, keep training) from its checkpoint;
 a pruned one is told ``PRUNED``, a trial at the last rung ``COMPLETE``.  The
-shared warm-up configurations are enqueued, as in ``tuners.tpe``.
+shared warm-up configurations are enqueued; the Optuna plumbing is ``tuners.tpe.OptunaBridge``.
 
 Determinism: a fixed study name (Hyperband assigns brackets by a hash of
 study name and trial number), a fresh ``TPESampler`` seeded from ``(seed,
@@ -17,24 +17,16 @@ ask index)`` per proposal, and ``load_state_dict`` replays the trials
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from optuna.pruners import HyperbandPruner
-from optuna.samplers import TPESampler
 from optuna.trial import Trial, TrialState
 
 from tuners.base import CacheView, Candidate, Observation
 from tuners.mf.core import MFCandidate, RungTuner, TrialRecord
-from tuners.space import CategoricalParam, FloatParam, SearchSpace, prefix_key
+from tuners.space import SearchSpace
+from tuners.tpe import OptunaBridge
 
 __all__ = ["TPEHyperband"]
 
@@ -44,57 +36,16 @@ class TPEHyperband(RungTuner):
 
     name = "tpe-hyperband"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        budget: float,
-        seed: int = 0,
-        warmup: int = 10,
-        *,
-        train_stage: int | None = None,
-        max_epochs: int = 9,
-        min_epochs: int = 1,
-        reduction_factor: int = 3,
-        rungs: Sequence[int] | None = None,
-        sampler_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            space, budget, seed, warmup, train_stage=train_stage, max_epochs=max_epochs,
-            min_epochs=min_epochs, reduction_factor=reduction_factor, rungs=rungs,
-        )
-        self._sampler_kwargs = dict(sampler_kwargs or {})
-        self._dists: dict[str, BaseDistribution] = {}
-        for k, stage in enumerate(space.stages):
-            for p in stage:
-                if isinstance(p, FloatParam):
-                    dist: BaseDistribution = FloatDistribution(p.low, p.high, log=p.log)
-                elif isinstance(p, CategoricalParam):
-                    dist = CategoricalDistribution(list(p.choices))
-                else:
-                    dist = IntDistribution(p.low, p.high, log=p.log)
-                self._dists[f"{k}:{p.name}"] = dist
+    def __init__(self, space: SearchSpace, budget: float, seed: int = 0, warmup: int = 10, *,
+                 sampler_kwargs: Mapping[str, Any] | None = None, **rung: Any) -> None:
+        super().__init__(space, budget, seed, warmup, **rung)
+        self._optuna = OptunaBridge(space, self.seed, warmup, sampler_kwargs)
         self._new_study()
 
     # ------------------------------------------------------------------ optuna plumbing
-    def _flat(self, params: list[dict[str, Any]]) -> dict[str, Any]:
-        return {f"{k}:{n}": v for k, p in enumerate(params) for n, v in p.items()}
-
-    def _unflat(self, flat: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return [
-            self.space.canonicalize(k, {p.name: flat[f"{k}:{p.name}"] for p in stage})
-            for k, stage in enumerate(self.space.stages)
-        ]
-
-    def _sampler(self, index: int) -> TPESampler:
-        seed = (self.seed * 1_000_003 + index) % (2**31)
-        return TPESampler(seed=seed, n_startup_trials=self.warmup, **self._sampler_kwargs)
-
     def _new_study(self) -> None:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self._study = optuna.create_study(
+        self._study = self._optuna.study(
             study_name=f"memotune-tpe-hyperband-{self.seed}",
-            direction="maximize",
-            sampler=self._sampler(0),
             pruner=HyperbandPruner(
                 min_resource=self.rungs[0],
                 max_resource=self.rungs[-1],
@@ -104,25 +55,15 @@ class TPEHyperband(RungTuner):
         self._otrials: dict[int, Trial] = {}  # our trial number -> optuna trial
 
     def _enqueue(self, number: int, params: list[dict[str, Any]]) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._study.enqueue_trial(self._flat(params), skip_if_exists=False)
-            self._otrials[number] = self._study.ask(self._dists)
+        self._otrials[number] = self._optuna.enqueue(self._study, params)
 
     # ------------------------------------------------------------------ rung hooks
     def _propose_new(self, cache_view: CacheView, index: int, trial: int) -> Candidate:
-        known = self.known_keys()
-        self._study.sampler = self._sampler(index)
-        for _ in range(20):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ot = self._study.ask(self._dists)
-            params = self._unflat(ot.params)
-            if prefix_key(params) not in known:
-                self._otrials[trial] = ot
-                return Candidate(params=params, prefix_depth=0, source="tpe")
-            self._study.tell(ot, state=TrialState.FAIL)  # duplicate: discard, ask again
-        return self.random_candidate(trial, "random")  # enqueued by _on_new_trial
+        found = self._optuna.propose(self._study, index, self.known_keys())
+        if found is None:
+            return self.random_candidate(trial, "random")  # enqueued by _on_new_trial
+        self._otrials[trial] = found[0]
+        return Candidate(params=found[1], prefix_depth=0, source="tpe")
 
     def _on_new_trial(self, trial: TrialRecord) -> None:
         if trial.number not in self._otrials:
@@ -163,9 +104,7 @@ class TPEHyperband(RungTuner):
         for tr in sorted(self.trials, key=lambda t: t.extra.get("optuna_number", t.number)):
             target = int(tr.extra.get("optuna_number", tr.number))
             while len(self._study.trials) < target:  # discarded duplicate proposals
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self._study.tell(self._study.ask(self._dists), state=TrialState.FAIL)
+                self._study.tell(self._optuna.ask(self._study), state=TrialState.FAIL)
             self._enqueue(tr.number, tr.params)
             ot = self._otrials[tr.number]
             last = len(self.rungs) - 1
