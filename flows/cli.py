@@ -241,7 +241,7 @@ def _console_for_run(as_json: bool, debug: bool) -> bool:
 
 @app.command()
 def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
-         tuner: Annotated[str, typer.Option(help="eeipu, ei, eips, carbo, ms_carbo, random, tpe")] = "eeipu",
+         tuner: Annotated[str, typer.Option(help="eeipu, ei, eips, carbo, ms_carbo, random, tpe; multi-fidelity (rungs over the last tuned stage's epochs): eeipu-mf, asha, tpe-hyperband, one-epoch-topk")] = "eeipu",
          budget: Annotated[float, typer.Option(help="Seconds of stage time to spend (compute + cache loads).")] = 900.0,
          warmup: Annotated[int, typer.Option(help="Random configurations before the model takes over.")] = 5,
          seed: Annotated[int, typer.Option()] = 0,
@@ -282,6 +282,10 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
 
         name = resume or study or new_study_name(cfg, tuner)
         study_doc_name(name)
+        if resume is None:  # before any server starts: can this tuner search this space?
+            from flows.fidelity import study_space
+
+            study_space(cfg, tuner)
     except (*_user_errors(), ValueError) as e:
         fail(str(e))
     _connect_prefect()
@@ -339,11 +343,15 @@ def _trials_table(result: StudyResult) -> None:
                       ("saved s", f"{sum(x.saved_s for x in trials):.1f}"),
                       ("spent s", f"{result.spent:.0f}")):
         table.add_column(col, footer=foot)
+    rungs = any(x.rung is not None for x in trials)  # multi-fidelity: configuration, rung
+    if rungs:
+        table.add_column("config/rung", footer=f"{len({x.config_id for x in trials})} configs")
     for x in trials:
         params = "; ".join(", ".join(f"{k}={_short(v)}" for k, v in p.items()) for p in x.shown_params)
         obj = f"{x.objective:.4f}" if x.objective is not None else "failed"
         table.add_row(str(x.id), params, obj, f"{x.n_reused}/{len(x.stages)}",
-                      f"{x.cost_s:.1f}", f"{x.saved_s:.1f}", f"{x.spent:.0f}")
+                      f"{x.cost_s:.1f}", f"{x.saved_s:.1f}", f"{x.spent:.0f}",
+                      *([f"{x.config_id}/{x.rung}"] if rungs else []))
     out.print(table)
 
 

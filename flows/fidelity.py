@@ -17,6 +17,7 @@ is how EEIPU-MF prices a partly cached stage (the load plus the epochs left).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from tuners import CacheView, Candidate, SearchSpace
 from tuners.mf import MF_TUNERS, CheckpointEntry, MFCacheView, MFCandidate
 from tuners.space import prefix_key
 
-__all__ = ["MF_TUNERS", "Fidelity", "StudySpace", "study_space"]
+__all__ = ["MF_TUNERS", "Fidelity", "StoreView", "StudySpace", "blind_first_rung", "study_space"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,22 @@ def study_space(cfg: PipelineConfig, tuner: str) -> StudySpace:
                          "(the fidelity)")
     resumable = bool(training_boundaries({**params, "epochs": high}))
     return StudySpace(space, Fidelity(stage, space.stage_names.index(stage), low, high, resumable))
+
+
+def blind_first_rung(trials: list[Trial], fidelity: Fidelity, tied: float = 0.75,
+                     least: int = 6) -> str | None:
+    """A warning when the first rung cannot rank: most of its results are the same
+    value (e.g. accuracy at chance before the model leaves its plateau), so early
+    stopping promotes by chance. None while it ranks, or with fewer than `least`."""
+    first = [t.objective for t in trials if t.rung == 0 and t.objective is not None]
+    if len(first) < least:
+        return None
+    value, n = Counter(round(v, 6) for v in first).most_common(1)[0]
+    if n < tied * len(first):
+        return None
+    return (f"{n} of {len(first)} first-rung results ({fidelity.stage} at "
+            f"{fidelity.min_epochs} epochs) are the same objective, {value:g}: early "
+            f"stopping cannot rank them; raise search.{fidelity.stage}.epochs.low")
 
 
 class StoreView:

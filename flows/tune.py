@@ -40,7 +40,7 @@ from prefect.artifacts import (
 
 from cache.store import ArtifactStore
 from flows.config import load_config
-from flows.fidelity import StoreView, study_space
+from flows.fidelity import StoreView, blind_first_rung, study_space
 from flows.pipeline import pipeline_flow
 from flows.run_records import RunSummary, StageRun, StudyRecord, StudyResult, Trial, round_sig
 from flows.study import StudyError, study_doc_name
@@ -162,11 +162,15 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
                             flow_run_id=summary.flow_run_id, **_rung_fields(cand)))
         rec.tuner_state = t.state_dict()
         save("running")
+        if fid is not None and not warned and (blind := blind_first_rung(trials, fid)):
+            logger.warning(blind)
+            warned.append(blind)
         # the Prefect UI's view of the study, after every trial
         update_progress_artifact(progress_id, progress=_percent(t.spent, t.budget),
                                  description=_progress_note(study, trials, t))
         _publish_trials(rec, keys)
 
+    warned: list[str] = []  # said once per study run
     save("running")  # the dashboard shows the study from now on
     try:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -341,6 +345,8 @@ def _publish_trials(rec: StudyRecord, keys: ArtifactKeys) -> None:
     for x in rec.trials:
         params = x.flat_params(rec.tuned_stages)
         row: dict[str, Any] = {"trial": x.id, "flow_run": x.flow_run or ""}
+        if x.rung is not None:  # multi-fidelity: which configuration, at which rung
+            row.update(config=x.config_id, rung=x.rung)
         row.update({c: round_sig(params[c]) if c in params else "" for c in columns})
         row.update(objective=round_sig(x.objective) if x.objective is not None else "failed",
                    reused_stages=f"{x.n_reused}/{len(x.stages)}",

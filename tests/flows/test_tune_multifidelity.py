@@ -14,7 +14,8 @@ import yaml
 
 from cache.store import ArtifactStore
 from flows.config import load_config
-from flows.fidelity import study_space
+from flows.fidelity import blind_first_rung, study_space
+from flows.run_records import Trial
 from flows.study import StudyError
 from flows.tune import tune_flow
 
@@ -98,3 +99,32 @@ def test_eeipu_mf_runs_from_the_cli_and_prices_cached_checkpoints(tiny, cli_env,
     assert promoted and all(t["stages"][2]["saved_s"] > 0 for t in promoted)
     state = ArtifactStore(store_url).get_json("studies/e/study.json")["tuner_state"]
     assert state["tuner"] == "eeipu-mf"
+
+
+def test_a_first_rung_that_cannot_rank_is_named_once_it_is_clear():
+    fid = study_space(load_config(doc=_doc({"target_finetune": {}})), "asha").fidelity
+    assert fid is not None
+
+    def trials(values: list[float]) -> list[Trial]:
+        return [Trial(id=i, objective=v, rung=0, epochs=1, config_id=i)
+                for i, v in enumerate(values)]
+
+    assert blind_first_rung(trials([0.5] * 5), fid) is None  # too few to say
+    assert blind_first_rung(trials([0.5, 0.61, 0.55, 0.5, 0.7, 0.64]), fid) is None
+    warning = blind_first_rung(trials([0.5] * 5 + [0.61]), fid)
+    assert warning is not None and "5 of 6 first-rung results" in warning
+    assert "raise search.target_finetune.epochs.low" in warning
+
+
+def test_the_cli_refuses_a_space_a_multi_fidelity_tuner_cannot_use(tiny, cli_env, tmp_path):
+    tiny["search"] = {"evaluate": {"batch_size": {"type": "int", "low": 8, "high": 16}}}
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny))
+    store_url = tmp_path / "store"
+    done = subprocess.run([MEMOTUNE, "tune", str(cfg_path), "--store", str(store_url),
+                           "--tuner", "asha"], env=cli_env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "must be a training stage; it is search.evaluate" in lines[0]
+    assert not [p for p in store_url.rglob("*") if p.is_file()]  # refused before any write
