@@ -17,7 +17,6 @@ is how EEIPU-MF prices a partly cached stage (the load plus the epochs left).
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from stages.params import training_boundaries
 from stages.pipeline import BY_NAME, STAGE_NAMES
 from tuners import CacheView, Candidate, SearchSpace
 from tuners.mf import MF_TUNERS, CheckpointEntry, MFCacheView, MFCandidate
+from tuners.mf.core import tied_majority
 from tuners.space import prefix_key
 
 __all__ = ["MF_TUNERS", "Fidelity", "StoreView", "StudySpace", "blind_first_rung", "study_space"]
@@ -118,20 +118,21 @@ def study_space(cfg: PipelineConfig, tuner: str) -> StudySpace:
     return StudySpace(space, Fidelity(stage, space.stage_names.index(stage), low, high, resumable))
 
 
-def blind_first_rung(trials: list[Trial], fidelity: Fidelity, tied: float = 0.75,
-                     least: int = 6) -> str | None:
-    """A warning when the first rung cannot rank: most of its results are the same
-    value (e.g. accuracy at chance before the model leaves its plateau), so early
-    stopping promotes by chance. None while it ranks, or with fewer than `least`."""
-    first = [t.objective for t in trials if t.rung == 0 and t.objective is not None]
-    if len(first) < least:
+def blind_first_rung(trials: list[Trial], fidelity: Fidelity, skips: bool = False) -> str | None:
+    """A warning when the first rung cannot rank (``tuners.mf.core.tied_majority``:
+    most of its results are one value, e.g. accuracy at chance before the model
+    leaves its plateau), so its promotions are by chance. `skips`: the tuner then
+    starts new trials higher up (eeipu-mf)."""
+    tie = tied_majority([t.objective for t in trials if t.rung == 0 and t.objective is not None])
+    if tie is None:
         return None
-    value, n = Counter(round(v, 6) for v in first).most_common(1)[0]
-    if n < tied * len(first):
-        return None
-    return (f"{n} of {len(first)} first-rung results ({fidelity.stage} at "
-            f"{fidelity.min_epochs} epochs) are the same objective, {value:g}: early "
-            f"stopping cannot rank them; raise search.{fidelity.stage}.epochs.low")
+    value, n = tie
+    first = sum(t.rung == 0 and t.objective is not None for t in trials)
+    then = ("new trials start at the next rung that ranks" if skips else
+            "its promotions are by chance")
+    return (f"{n} of {first} first-rung results ({fidelity.stage} at {fidelity.min_epochs} "
+            f"epochs) are the same objective, {value:g}: that rung cannot rank, so {then}; "
+            f"raise search.{fidelity.stage}.epochs.low")
 
 
 class StoreView:

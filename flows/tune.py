@@ -162,7 +162,8 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
                             flow_run_id=summary.flow_run_id, **_rung_fields(cand)))
         rec.tuner_state = t.state_dict()
         save("running")
-        if fid is not None and not warned and (blind := blind_first_rung(trials, fid)):
+        if fid is not None and not warned and (blind := blind_first_rung(
+                trials, fid, skips=getattr(t, "skip_blind_rungs", False))):
             logger.warning(blind)
             warned.append(blind)
         # the Prefect UI's view of the study, after every trial

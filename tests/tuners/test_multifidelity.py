@@ -352,3 +352,26 @@ def test_eeipu_mf_chooses_to_reuse_cached_prefixes() -> None:
     assert sum(h["cached_depth"] >= 1 for h in new) == 0  # random picks never hit by chance
     assert trace.n_evaluations > rtrace.n_evaluations
     assert math.isfinite(trace.best_objective)
+
+
+def test_eeipu_mf_starts_new_trials_above_a_rung_that_cannot_rank() -> None:
+    """Six first-rung results, five of them one value: eeipu-mf's next new trial starts at
+    rung 1 (and is priced there); ASHA keeps its rule and starts at rung 0."""
+    pipe = lc_pipeline()
+    for name in ("eeipu-mf", "asha"):
+        tuner = make_mf_tuner(name, pipe.space, budget=1e6, seed=0, warmup=6,
+                              **kwargs_for(name, pipe))
+        first = 0
+        while True:
+            cand = tuner.ask()
+            if cand.source == "promote":  # ASHA's promotions: continue at the next rung
+                tuner.tell(cand, 0.7, [0.5, 8.0, 2.0], [True, False, False])
+                continue
+            if first == 6:
+                break
+            assert (cand.rung, cand.epochs) == (0, tuner.rungs[0])
+            tuner.tell(cand, 0.5 if first < 5 else 0.61, [20.0, 4.0, 2.0], [False] * 3)
+            first += 1
+        expected = 1 if name == "eeipu-mf" else 0
+        assert (cand.rung, cand.epochs) == (expected, tuner.rungs[expected]), name
+        assert tuner.trials[cand.trial].rung == expected

@@ -29,6 +29,7 @@ it and EEIPU-MF prices candidates by it.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -53,6 +54,17 @@ __all__ = [
 
 # RungTuner's keyword args: the algorithms take these and pass them on
 RUNG_ARGS = ("train_stage", "max_epochs", "min_epochs", "reduction_factor", "rungs")
+# A rung is *blind* when at least BLIND_TIED of its (at least BLIND_LEAST) results are one
+# value, e.g. accuracy at chance before training leaves its plateau: it cannot rank.
+BLIND_TIED, BLIND_LEAST = 0.75, 6
+
+
+def tied_majority(values: Sequence[float]) -> tuple[float, int] | None:
+    """(value, count) when ``values`` are blind by the rule above, else None."""
+    if len(values) < BLIND_LEAST:
+        return None
+    value, n = Counter(round(v, 6) for v in values).most_common(1)[0]
+    return (value, n) if n >= BLIND_TIED * len(values) else None
 
 
 def geometric_rungs(min_epochs: int, max_epochs: int, reduction_factor: int) -> list[int]:
@@ -201,6 +213,7 @@ class RungTuner(Tuner):
     """
 
     name = "rung"
+    skip_blind_rungs: bool = False  # start new trials above rungs that cannot rank
 
     def __init__(
         self,
@@ -252,12 +265,13 @@ class RungTuner(Tuner):
                 if self.b0 is None:
                     self.b0 = self.spent  # warm-up ended: cost cooling starts from here
                 base = self._propose_new(view, index, j)
+            r0 = self.start_rung()
             cand = MFCandidate(
                 params=base.params, prefix_depth=base.prefix_depth, source=base.source,
                 acq_value=base.acq_value, eta=base.eta, expected_cost=base.expected_cost,
-                trial=j, rung=0, epochs=self.rungs[0], resume_epochs=0,
+                trial=j, rung=r0, epochs=self.rungs[r0], resume_epochs=0,
             )
-            tr = TrialRecord(j, copy.deepcopy(base.params), [None] * len(self.rungs))
+            tr = TrialRecord(j, copy.deepcopy(base.params), [None] * len(self.rungs), rung=r0)
             self.trials.append(tr)
             self._on_new_trial(tr)
         cand.id = index
@@ -289,6 +303,15 @@ class RungTuner(Tuner):
 
     def _after_ask(self, candidate: Candidate) -> None:
         self.pending_segment[candidate.id] = candidate  # type: ignore[assignment]
+
+    def start_rung(self) -> int:
+        """The rung new trials start at: 0, or with ``skip_blind_rungs`` the first
+        rung that is not blind (``tied_majority``); the top rung at the most."""
+        r = 0
+        while (self.skip_blind_rungs and r < len(self.rungs) - 1 and tied_majority(
+                [v for tr in self.trials if (v := tr.values[r]) is not None]) is not None):
+            r += 1
+        return r
 
     # ------------------------------------------------------------------ plugin hooks
     def _promotion(self) -> int | None:

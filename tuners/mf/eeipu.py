@@ -38,6 +38,12 @@ Design (and why):
   with ``optimize_acqf`` and ``fixed_features``; pinned stages are copies
   of stored dicts, so reuse hits the cache exactly.
 
+* **Blind rungs are skipped**: when most results of a rung are one value
+  (``tuners.mf.core.tied_majority``: e.g. accuracy at chance for every
+  configuration before training leaves its plateau), that rung cannot rank
+  and promotions from it are by chance; new trials then start at the first
+  rung that ranks.  The baselines keep their published rules.
+
 Not done: kriging-believer fantasies for pending asks (the simulator is
 sequential; parallel asks still never repeat a configuration).
 """
@@ -152,6 +158,7 @@ class EEIPUMF(RungTuner):
     """
 
     name = "eeipu-mf"
+    skip_blind_rungs = True
 
     def __init__(self, space: SearchSpace, budget: float, seed: int = 0, warmup: int = 10,
                  **kwargs: Any) -> None:
@@ -258,8 +265,9 @@ class EEIPUMF(RungTuner):
 
     # ------------------------------------------------------------------ pricing
     def _price(self, params: list[dict[str, Any]], view: CacheView, fallback: list[float]) -> _Priced:
-        """Price ``params`` (a prefix or a full config) as a rung-0 segment under ``view``."""
-        s, t, epochs = self.space.n_stages, self.train_stage, self.rungs[0]
+        """Price ``params`` (a prefix or a full config) as a new trial's first segment
+        (``start_rung``) under ``view``."""
+        s, t, epochs = self.space.n_stages, self.train_stage, self.rungs[self.start_rung()]
         if isinstance(view, MFCacheView) and view.train_stage == t:
             plan = view.plan(params, epochs)
             flags, resume = plan.cached, plan.resume_from
