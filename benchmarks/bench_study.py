@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -73,6 +74,14 @@ def _median(xs: list[float | None]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+def spent_to_reach(trials: list[dict[str, Any]], target: float) -> float | None:
+    """Stage seconds spent when a trial first reached `target` (None: never)."""
+    for t in trials:
+        if t["objective"] is not None and t["objective"] >= target - 1e-12:
+            return t["spent"]
+    return None
+
+
 def table(results: dict[str, Any], tuners: list[str], console: Console) -> dict[str, dict]:
     rows: dict[str, dict] = {}
     for tuner in tuners:
@@ -110,7 +119,43 @@ def table(results: dict[str, Any], tuners: list[str], console: Console) -> dict[
             ratios.add_row(tuner, f"{e['trials'] / r['trials']:.2f}x",
                            f"{e['best@1'] - r['best@1']:+.4f}")
         console.print(ratios)
+    rows.update(_against_eeipu(results, [x for x in rows if x != "eeipu"], console))
     return rows
+
+
+def _against_eeipu(results: dict[str, Any], tuners: list[str], console: Console) -> dict[str, dict]:
+    """Per tuner, seed by seed against stage-level EEIPU's study of the same seed: the
+    budget fraction spent when it first reached EEIPU's final best, and its trials ratio
+    (the issue's targets for eeipu-mf: within half the budget, at least 2x trials)."""
+    out: dict[str, dict] = {}
+    t = Table(title="against stage-level EEIPU, seed by seed (medians; a seed that never reached it counts as past the budget)")
+    for col in ("tuner", "seeds", "reached EEIPU's best", "budget fraction to reach it",
+                "trials ratio"):
+        t.add_column(col, justify="left" if col == "tuner" else "right")
+    runs = results["runs"]
+    for tuner in tuners:
+        fractions: list[float | None] = []
+        trial_ratios: list[float] = []
+        for r in runs.values():
+            base = runs.get(f"eeipu/{r['seed']}")
+            if r["tuner"] != tuner or base is None:
+                continue
+            target = max(x["objective"] for x in base["trials"] if x["objective"] is not None)
+            at = spent_to_reach(r["trials"], target)
+            fractions.append(None if at is None else at / r["budget"])
+            trial_ratios.append(len(r["trials"]) / len(base["trials"]))
+        if not fractions:
+            continue
+        reached = [x for x in fractions if x is not None]
+        # a never-reached seed counts as past the budget, so the median is an honest one
+        med = statistics.median([x if x is not None else math.inf for x in fractions])
+        out[tuner] = {"vs_eeipu_fraction": None if math.isinf(med) else med,
+                      "vs_eeipu_reached": len(reached), "vs_eeipu_trials": _median(trial_ratios)}
+        t.add_row(tuner, str(len(fractions)), f"{len(reached)}/{len(fractions)}",
+                  "never" if math.isinf(med) else f"{med:.2f}",
+                  f"{statistics.median(trial_ratios):.2f}x")
+    console.print(t)
+    return {f"{k} vs eeipu": v for k, v in out.items()}
 
 
 def main() -> None:
