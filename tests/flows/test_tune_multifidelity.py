@@ -128,3 +128,11 @@ def test_the_cli_refuses_a_space_a_multi_fidelity_tuner_cannot_use(tiny, cli_env
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "must be a training stage; it is search.evaluate" in lines[0]
     assert not [p for p in store_url.rglob("*") if p.is_file()]  # refused before any write
+
+
+def test_the_study_small_example_is_the_benchmark_preset():
+    from benchmarks.presets import PRESETS
+
+    example = Path(__file__).parents[2] / "examples" / "study-small.yaml"
+    assert load_config(str(example)) == load_config(doc=PRESETS["study-small"])
+    assert study_space(load_config(str(example)), "eeipu-mf").fidelity.resumable
