@@ -217,6 +217,7 @@ def create_app(store_url: str, prefect_ui: str | None = None, poll_s: float = 5.
         best = rec.best
         return page(request, "study.html", rec=rec, state=views.study_state(rec),
                     trials=trials, param_columns=columns_p, best=best,
+                    rungs=any(t.rung is not None for t in rec.trials),
                     progress_svg=svg.progress_svg(rec), cost_svg=svg.cost_svg(rec),
                     legend=svg.legend_html(max((len(t.stages) for t in rec.trials), default=4)),
                     tree_svg=svg.tree_svg(columns), n_nodes=sum(len(c) for c in columns),

@@ -232,3 +232,15 @@ def test_progress_bar_shares_the_log_console_and_shows_no_nan():
         shown = line.rsplit("\r", 1)[-1].replace("\x1b[2K", "")  # what the terminal keeps
         assert shown.strip() == "", repr(line)
     assert out.count("step done") == 3 and "loss 0.5000" in out
+
+
+def test_a_multi_fidelity_study_shows_each_trials_configuration_and_rung(synthetic_store):
+    store = synthetic_store["store"]
+    doc = store.get_json("studies/demo/study.json")
+    for t, (config, rung) in zip(doc["trials"], [(0, 0), (1, 0), (0, 1)], strict=True):
+        t.update(config_id=config, rung=rung, epochs=[2, 6][rung])
+    store.put_json("studies/mf/study.json", {**doc, "study": "mf", "tuner": "asha"})
+    client = TestClient(create_app(store.url))
+    mf, plain = client.get("/study/mf").text, client.get("/study/demo").text
+    assert "config/rung</th>" in mf and ">0/1</td>" in mf and ">1/0</td>" in mf
+    assert "config/rung" not in plain
