@@ -60,12 +60,14 @@ def test_a_search_a_multi_fidelity_tuner_cannot_use_is_one_clear_error(tiny, sea
         study_space(load_config(doc=tiny), "eeipu-mf")
 
 
-def test_asha_promotes_a_trial_by_continuing_its_cached_checkpoint(prefect_api, tiny, store_url,
+def test_asha_promotes_a_trial_by_continuing_its_cached_checkpoint_across_a_resume(prefect_api, tiny, store_url,
                                                                   tmp_path):
     cfg = load_config(doc=_doc(tiny))
-    result = tune_flow(store_url, "mf", config=cfg.model_dump(mode="json"), tuner="asha",
-                       budget=1e6, warmup=3, seed=0, progress=False,
-                       lock_dir=str(tmp_path / "locks"), max_trials=4)
+    common = dict(tuner="asha", budget=1e6, warmup=3, seed=0, progress=False,
+                  lock_dir=str(tmp_path / "locks"))
+    tune_flow(store_url, "mf", config=cfg.model_dump(mode="json"), max_trials=2, **common)
+    # resumed: the rung state comes back from the study document
+    result = tune_flow(store_url, "mf", resume=True, max_trials=4, **common)
     trials = result["trials"]
     assert [(t["rung"], t["epochs"]) for t in trials] == [(0, 1)] * 3 + [(1, 3)]
     best = max(trials[:3], key=lambda t: t["objective"])
