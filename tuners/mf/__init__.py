@@ -13,9 +13,10 @@ tpe-hyperband     Optuna TPE                             Optuna ``HyperbandPrune
 one-epoch-topk    uniformly random                       top K of each bracket
 ================  =====================================  ==========================
 
-They are not in the global ``make_tuner`` registry (``register_mf_tuners``
-adds them); ``make_mf_tuner`` builds these and, for any other name, falls
-back to ``make_tuner``.  Optuna is imported only when ``tpe-hyperband`` is made.
+``make_tuner`` knows them (``tuners.base._builtin_plugins`` calls
+``register_mf_tuners``); ``make_mf_tuner`` is the same for these names.  The
+tune flow (``flows.fidelity``) turns a segment into a pipeline run with the
+training stage's epochs set.  Optuna is imported only when ``tpe-hyperband`` is made.
 """
 
 from __future__ import annotations
