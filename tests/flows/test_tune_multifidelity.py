@@ -85,7 +85,7 @@ def test_asha_promotes_a_trial_by_continuing_its_cached_checkpoint_across_a_resu
 
 
 @pytest.mark.slow
-def test_eeipu_mf_runs_from_the_cli_and_prices_cached_checkpoints(tiny, cli_env, tmp_path):
+def test_eeipu_mf_runs_from_the_cli_and_its_promotions_reuse_checkpoints(tiny, cli_env, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(_doc(tiny)))
     store_url = str(tmp_path / "store")
