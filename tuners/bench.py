@@ -24,7 +24,7 @@ import math
 import multiprocessing as mp
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
@@ -95,26 +95,9 @@ def run_benchmark(
     per-tuner constructor overrides.
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    jobs = [
-        {
-            "pipeline": p, "tuner": t, "seed": s, "budget": float(budget), "warmup": warmup,
-            "kwargs": (tuner_kwargs or {}).get(t, {}),
-        }
-        for p in pipelines
-        for t in tuner_names
-        for s in seed_list
-    ]
-    jobs.sort(key=lambda j: _COST_ORDER.get(j["tuner"], 0))  # slow tuners first: better packing
-    rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    if workers <= 1:
-        it = map(_run_job, jobs)
-        rows = _collect(it, len(jobs), progress)
-    else:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers) as pool:
-            rows = _collect(pool.imap_unordered(_run_job, jobs), len(jobs), progress)
-    rows.sort(key=lambda r: (r["pipeline"], r["tuner"], r["seed"]))
+    rows = _run_jobs(_run_job, pipelines, tuner_names, seed_list, budget, warmup,
+                     lambda t: (tuner_kwargs or {}).get(t, {}), _COST_ORDER, workers, progress)
     return {
         "rows": rows,
         "tuners": list(tuner_names),
@@ -124,6 +107,30 @@ def run_benchmark(
         "warmup": warmup,
         "wall_s": time.perf_counter() - t0,
     }
+
+
+def _run_jobs(run: Callable[[dict[str, Any]], dict[str, Any]], pipelines: Sequence[str],
+              tuner_names: Sequence[str], seeds: Sequence[int], budget: float, warmup: int,
+              kwargs_of: Callable[[str], dict[str, Any]], cost_order: dict[str, int],
+              workers: int, progress: bool) -> list[dict[str, Any]]:
+    """Every (pipeline, tuner, seed) job through ``run``, on ``workers`` spawned processes
+    (slow tuners first: better packing); rows sorted by pipeline, tuner, seed."""
+    jobs = [
+        {"pipeline": p, "tuner": t, "seed": s, "budget": float(budget), "warmup": warmup,
+         "kwargs": kwargs_of(t)}
+        for p in pipelines
+        for t in tuner_names
+        for s in seeds
+    ]
+    jobs.sort(key=lambda j: cost_order.get(j["tuner"], 0))
+    if workers <= 1:
+        rows = _collect(map(run, jobs), len(jobs), progress)
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers) as pool:
+            rows = _collect(pool.imap_unordered(run, jobs), len(jobs), progress)
+    rows.sort(key=lambda r: (r["pipeline"], r["tuner"], r["seed"]))
+    return rows
 
 
 def _collect(it: Any, total: int, progress: bool) -> list[dict[str, Any]]:
@@ -436,27 +443,13 @@ def run_mf_benchmark(
     """Simulate every (learning-curve pipeline, tuner, seed) at one cost budget."""
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     bo = dict(MF_BO_KWARGS if bo_kwargs is None else bo_kwargs)
-    jobs = [
-        {
-            "pipeline": p, "tuner": t, "seed": s, "budget": float(budget), "warmup": warmup,
-            "kwargs": bo if t in ("eeipu-mf", "eeipu", "ei", "eips", "carbo", "ms_carbo") else {},
-        }
-        for p in pipelines
-        for t in tuner_names
-        for s in seed_list
-    ]
-    jobs.sort(key=lambda j: _MF_COST_ORDER.get(j["tuner"], 0))
     t0 = time.perf_counter()
-    if workers <= 1:
-        rows = _collect(map(_run_mf_job, jobs), len(jobs), progress)
-    else:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers) as pool:
-            rows = _collect(pool.imap_unordered(_run_mf_job, jobs), len(jobs), progress)
+    bo_tuners = ("eeipu-mf", "eeipu", "ei", "eips", "carbo", "ms_carbo")
+    rows = _run_jobs(_run_mf_job, pipelines, tuner_names, seed_list, budget, warmup,
+                     lambda t: bo if t in bo_tuners else {}, _MF_COST_ORDER, workers, progress)
     optima = {p: estimate_optimum(p) for p in pipelines}
     for p in pipelines:  # the estimate is a lower bound: never below what a run found
         optima[p] = max([optima[p], *(r["best"] for r in rows if r["pipeline"] == p)])
-    rows.sort(key=lambda r: (r["pipeline"], r["tuner"], r["seed"]))
     return {
         "rows": rows,
         "tuners": list(tuner_names),
