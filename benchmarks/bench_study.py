@@ -33,6 +33,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.presets import PRESETS  # noqa: E402
+from tuners.simulate import first_reach  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS_study.json"
 WORK = ROOT / "benchmarks" / ".work" / "study"
@@ -72,14 +73,6 @@ def run_study(tuner: str, seed: int, budget: float, preset: str, warmup: int) ->
 def _median(xs: list[float | None]) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
-
-
-def spent_to_reach(trials: list[dict[str, Any]], target: float) -> float | None:
-    """Stage seconds spent when a trial first reached `target` (None: never)."""
-    for t in trials:
-        if t["objective"] is not None and t["objective"] >= target - 1e-12:
-            return t["spent"]
-    return None
 
 
 def table(results: dict[str, Any], tuners: list[str], console: Console) -> dict[str, dict]:
@@ -141,7 +134,7 @@ def _against_eeipu(results: dict[str, Any], tuners: list[str], console: Console)
             if r["tuner"] != tuner or base is None:
                 continue
             target = max(x["objective"] for x in base["trials"] if x["objective"] is not None)
-            at = spent_to_reach(r["trials"], target)
+            at = first_reach(((x["spent"], x["objective"]) for x in r["trials"]), target)
             fractions.append(None if at is None else at / r["budget"])
             trial_ratios.append(len(r["trials"]) / len(base["trials"]))
         if not fractions:

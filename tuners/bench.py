@@ -465,10 +465,10 @@ def run_mf_benchmark(
 
 def _reach_fraction(row: dict[str, Any], target: float, budget: float) -> float:
     """Budget fraction at which ``row``'s best-so-far first reaches ``target`` (inf: never)."""
-    for spent, best in row["curve"]:
-        if best >= target - 1e-12:
-            return spent / budget
-    return math.inf
+    from tuners.simulate import first_reach
+
+    at = first_reach(row["curve"], target)
+    return math.inf if at is None else at / budget
 
 
 def summarize_mf(results: dict[str, Any], reference: str = "eeipu") -> dict[str, dict[str, dict[str, float]]]:

@@ -27,12 +27,13 @@ such a stage run exactly as before.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from tuners.base import CachedPrefix, CacheView, Tuner
+from tuners.base import CachedPrefix, CacheView, Candidate, Tuner
 from tuners.mf.core import CheckpointEntry, MFCacheView, RunPlan, fidelity_key
 from tuners.space import prefix_key
 from tuners.synthetic import SyntheticPipeline
@@ -86,10 +87,7 @@ class Trace:
 
     def spent_to_reach(self, target: float) -> float | None:
         """Cumulative cost at the first evaluation whose best-so-far is ``>= target`` (``None``: never)."""
-        for h in self.history:
-            if h["best"] >= target:
-                return float(h["spent"])
-        return None
+        return first_reach(((h["spent"], h["best"]) for h in self.history), target)
 
     @property
     def best_objective(self) -> float:
@@ -132,6 +130,15 @@ class Trace:
             "history": self.history,
             "max_epochs": self.max_epochs,
         }
+
+
+def first_reach(points: Iterable[tuple[float, float | None]], target: float) -> float | None:
+    """The spent budget of the first ``(spent, value)`` whose value reaches ``target``
+    (to 1e-12; ``None``: never): when a study first matched a reference's best."""
+    for spent, value in points:
+        if value is not None and value >= target - 1e-12:
+            return float(spent)
+    return None
 
 
 def simulate(
@@ -178,22 +185,16 @@ def simulate(
             key = prefix_key(params[:d])
             if key not in cache:
                 cache[key] = CachedPrefix(tuple(dict(p) for p in params[:d]), (pipeline.load_cost,) * d)
-        trace.history.append(
-            {
-                "id": cand.id,
-                "spent": spent,
-                "cost": cost,
-                "objective": objective,
-                "best": best,
-                "cached_depth": depth,
-                "prefix_depth": cand.prefix_depth,
-                "ask_s": ask_s,
-                "source": cand.source,
-                "eta": cand.eta,
-                "params": params,
-            }
-        )
+        trace.history.append(_history_row(cand, ask_s, spent, cost, objective, best, depth))
     return trace
+
+
+def _history_row(cand: Candidate, ask_s: float, spent: float, cost: float, objective: float,
+                 best: float, cached_depth: int, **fidelity: Any) -> dict[str, Any]:
+    """One evaluation of a trace (``fidelity``: trial, rung, epochs, trained_from)."""
+    return {"id": cand.id, **fidelity, "spent": spent, "cost": cost, "objective": objective,
+            "best": best, "cached_depth": cached_depth, "prefix_depth": cand.prefix_depth,
+            "ask_s": ask_s, "source": cand.source, "eta": cand.eta, "params": cand.params}
 
 
 class _FidelityStore:
@@ -283,25 +284,10 @@ def _simulate_fidelity(
             cand.resumed_from = trained_from  # the run reports where training started
         tuner.tell(cand, objective, costs, plan.cached)
         store.record(params, epochs, plan)
-        trace.history.append(
-            {
-                "id": cand.id,
-                "trial": getattr(cand, "trial", cand.id),
-                "rung": getattr(cand, "rung", 0),
-                "epochs": epochs,
-                "trained_from": trained_from,
-                "spent": spent,
-                "cost": cost,
-                "objective": objective,
-                "best": best,
-                "cached_depth": _leading_hits(plan.cached),
-                "prefix_depth": cand.prefix_depth,
-                "ask_s": ask_s,
-                "source": cand.source,
-                "eta": cand.eta,
-                "params": params,
-            }
-        )
+        trace.history.append(_history_row(
+            cand, ask_s, spent, cost, objective, best, _leading_hits(plan.cached),
+            trial=getattr(cand, "trial", cand.id), rung=getattr(cand, "rung", 0), epochs=epochs,
+            trained_from=trained_from))
     return trace
 
 
