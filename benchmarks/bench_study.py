@@ -36,6 +36,8 @@ from benchmarks.presets import PRESETS  # noqa: E402
 from tuners.simulate import first_reach  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS_study.json"
+# a trial in the results file: one row of these (compact: the file is committed)
+TRIAL_FIELDS = ("id", "objective", "spent", "saved_s", "reused", "rung", "epochs")
 WORK = ROOT / "benchmarks" / ".work" / "study"
 FRACTIONS = (0.25, 0.5, 1.0)
 # stage-level tuners, then the multi-fidelity ones (rungs over the target stage's epochs)
@@ -68,6 +70,34 @@ def run_study(tuner: str, seed: int, budget: float, preset: str, warmup: int) ->
               for t in result["trials"]]
     return {"tuner": tuner, "seed": seed, "budget": budget, "spent": result["spent"],
             "wall_s": time.perf_counter() - t0, "trials": trials}
+
+
+def save_results(results: dict[str, Any]) -> None:
+    """The results file: one line per study, its trials as rows of TRIAL_FIELDS."""
+    def rnd(v: Any) -> Any:
+        return round(v, 6) if isinstance(v, float) else v
+
+    runs = [
+        json.dumps(name) + ": " + json.dumps({
+            **{k: rnd(v) for k, v in run.items() if k != "trials"},
+            "trials": [[rnd(t.get(f)) for f in TRIAL_FIELDS] for t in run["trials"]]})
+        for name, run in results["runs"].items()]
+    head = {k: v for k, v in results.items() if k not in ("runs", "summary")}
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    lines.append(' "runs": {\n  ' + ",\n  ".join(runs) + "\n }")
+    if "summary" in results:
+        lines[-1] += ","
+        lines.append(f' "summary": {json.dumps(results["summary"])}')
+    RESULTS.write_text("{\n" + "\n".join(lines) + "\n}\n")
+
+
+def load_results() -> dict[str, Any]:
+    """The results file back, each trial a dict (older files: dicts already)."""
+    results = json.loads(RESULTS.read_text())
+    for run in results["runs"].values():
+        run["trials"] = [dict(zip(TRIAL_FIELDS, t, strict=True)) if isinstance(t, list) else t
+                         for t in run["trials"]]
+    return results
 
 
 def _median(xs: list[float | None]) -> float | None:
@@ -166,7 +196,7 @@ def main() -> None:
     ensure_server()
     results: dict[str, Any] = {"preset": args.preset, "budget": args.budget, "runs": {}}
     if RESULTS.exists() and not args.fresh:
-        old = json.loads(RESULTS.read_text())
+        old = load_results()
         if (old.get("preset"), old.get("budget")) == (args.preset, args.budget):
             results = old
     if args.fresh:
@@ -178,9 +208,9 @@ def main() -> None:
                 continue
             console.print(f"[bold]{name}[/]: study of {args.budget:g} stage seconds ...")
             results["runs"][name] = run_study(tuner, seed, args.budget, args.preset, args.warmup)
-            RESULTS.write_text(json.dumps(results, indent=1) + "\n")  # after every study
+            save_results(results)  # after every study
     results["summary"] = table(results, args.tuners, console)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    save_results(results)
     console.print(f"written to {RESULTS}")
 
 
