@@ -110,6 +110,20 @@ class _Prefix:
     pinned: Tensor  # unit values of the pinned columns
 
 
+def prefix_load_costs(view: CacheView, params: Sequence[Mapping[str, Any]], depth: int,
+                      fallback: Sequence[float]) -> list[float]:
+    """Per stage: the measured load cost of the cached prefix ``params[:depth]`` where the
+    view has one, else ``fallback``."""
+    eps = list(fallback)
+    if depth:
+        entry = view.get(params[:depth])
+        for k in range(depth):
+            lc = entry.load_costs[k] if entry is not None and k < len(entry.load_costs) else None
+            if lc is not None and lc > 0:
+                eps[k] = float(lc)
+    return eps
+
+
 def fallback_load_costs(observations: Sequence[Observation], n_stages: int,
                         load_fraction: float) -> list[float]:
     """Per stage: mean told load cost, else ``load_fraction`` x mean compute cost."""
@@ -313,13 +327,7 @@ class CostAwareBO(Tuner):
     def _make_prefix(self, params: list[dict[str, Any]], view: CacheView, fallback: list[float]) -> _Prefix:
         s = self.space.n_stages
         delta = view.cached_depth(params)
-        eps = list(fallback)
-        if delta:
-            entry = view.get(params[:delta])
-            for k in range(delta):
-                lc = entry.load_costs[k] if entry is not None and k < len(entry.load_costs) else None
-                if lc is not None and lc > 0:
-                    eps[k] = float(lc)
+        eps = prefix_load_costs(view, params, delta, fallback)
         cached = torch.tensor([k < delta for k in range(s)])
         pinned: list[float] = []
         for k, p in enumerate(params):

@@ -71,6 +71,7 @@ from tuners.bo import (
     fallback_load_costs,
     pinned_blocks,
     pool_prefixes,
+    prefix_load_costs,
     screened_contenders,
     torch_threads,
 )
@@ -278,14 +279,7 @@ class EEIPUMF(RungTuner):
         hits = 0
         while hits < s and flags[hits]:
             hits += 1
-        eps = list(fallback)
-        up = min(hits, t)
-        if up:
-            entry = view.get(params[:up])
-            for k in range(up):
-                lc = entry.load_costs[k] if entry is not None and k < len(entry.load_costs) else None
-                if lc is not None and lc > 0:
-                    eps[k] = float(lc)
+        eps = prefix_load_costs(view, params, min(hits, t), fallback)
         pinned: list[float] = []
         for k, p in enumerate(params):
             pinned.extend(self.space.stage_to_unit(k, p))
