@@ -116,18 +116,18 @@ def _prefixes(ctx: StageContext, store: ArtifactStore, stage: str, key: str,
     compute seconds of the boundary continued from (0.0: from scratch)."""
     resumed_s = 0.0
     for epoch in sorted(boundaries, reverse=True):
-        if store.has(boundaries[epoch]):
-            t0 = time.perf_counter()
-            try:
-                found = store.manifest(boundaries[epoch])
-                ctx.resume_dir = store.fetch(boundaries[epoch])
-            except (CorruptEntryError, EntryNotFoundError) as e:  # damaged: start over
-                ctx.logger.warning("checkpoint after epoch %d unusable (%s); not resuming",
-                                   epoch, e)
-                break
-            fetch_s[f"{stage}@epoch{epoch}"] = time.perf_counter() - t0
-            resumed_s = found.compute_s if found is not None else 0.0
+        t0 = time.perf_counter()
+        try:
+            found = store.manifest(boundaries[epoch])
+            if found is None:
+                continue
+            ctx.resume_dir = store.fetch(boundaries[epoch])
+        except (CorruptEntryError, EntryNotFoundError) as e:  # damaged: start over
+            ctx.logger.warning("checkpoint after epoch %d unusable (%s); not resuming", epoch, e)
             break
+        fetch_s[f"{stage}@epoch{epoch}"] = time.perf_counter() - t0
+        resumed_s = found.compute_s
+        break
 
     def keep(epoch: int, write: Callable[[Path], None], seconds: float) -> None:
         bkey = boundaries.get(epoch)
