@@ -17,6 +17,7 @@ is how EEIPU-MF prices a partly cached stage (the load plus the epochs left).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,9 +146,10 @@ class StoreView:
 
     def __call__(self, trials: list[Trial]) -> CacheView:
         fid = self.study.fidelity
+        has = functools.cache(self.store.has)  # one lookup per key per ask
         runs = []
         for t in trials:
-            in_store = [self.store.has(t.stages[p].key) for p in self.tuned]
+            in_store = [has(t.stages[p].key) for p in self.tuned]
             if fid is not None and t.epochs not in (None, fid.max_epochs):
                 in_store[fid.index] = False  # a stage-level prefix is the whole training
             loads = [t.tuner_costs[k] if t.tuner_cached[k] else None
@@ -163,8 +165,8 @@ class StoreView:
             if pk in checkpoints:
                 continue
             bounds, wholes = self._epoch_keys(t, pk)
-            epochs = {e for e, k in bounds.items() if self.store.has(k)}
-            epochs |= {e for e, k in wholes.items() if e not in epochs and self.store.has(k)}
+            epochs = {e for e, k in bounds.items() if has(k)}
+            epochs |= {e for e, k in wholes.items() if e not in epochs and has(k)}
             if epochs:
                 checkpoints[pk] = CheckpointEntry(pre, tuple(sorted(epochs)))
         return MFCacheView(prefixes=base.prefixes, train_stage=fid.index, checkpoints=checkpoints)
