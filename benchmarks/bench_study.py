@@ -12,6 +12,10 @@ Resumable: finished studies are kept in the results file, and a study killed
 mid-way continues from its store (`tune --resume`) on the next invocation.
 
     python benchmarks/bench_study.py --seeds 3 --budget 150 [--tuners eeipu ei random ...]
+
+A multi-fidelity tuner's rungs are over the target stage's epochs (the last tuned
+stage); `eeipu-mf@intermediate_finetune` runs it with `--fidelity
+intermediate_finetune` (rungs over the intermediate stage's epochs).
 """
 
 from __future__ import annotations
@@ -59,10 +63,12 @@ def run_study(tuner: str, seed: int, budget: float, preset: str, warmup: int) ->
     store = folder / "store"
     resume = (store / "studies" / "bench" / "study.json").exists()
     cfg = load_config(doc=PRESETS[preset]).model_dump(mode="json")
+    name, _, fidelity = tuner.partition("@")  # tuner@stage: --fidelity stage
     t0 = time.perf_counter()
-    result = tune_flow(str(store), "bench", config=None if resume else cfg, tuner=tuner,
+    result = tune_flow(str(store), "bench", config=None if resume else cfg, tuner=name,
                        budget=budget, warmup=warmup, seed=seed, progress=False,
-                       resume=resume, lock_dir=str(folder / "locks"))
+                       resume=resume, lock_dir=str(folder / "locks"),
+                       fidelity=None if resume else (fidelity or None))
     trials = [{"id": t["id"], "objective": t["objective"], "spent": t["spent"],
                "saved_s": sum(s["saved_s"] for s in t["stages"]),
                "reused": sum(s["status"] == "cached" for s in t["stages"]),

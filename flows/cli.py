@@ -241,7 +241,8 @@ def _console_for_run(as_json: bool, debug: bool) -> bool:
 
 @app.command()
 def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
-         tuner: Annotated[str, typer.Option(help="eeipu, ei, eips, carbo, ms_carbo, random, tpe; multi-fidelity (rungs over the last tuned stage's epochs): eeipu-mf, asha, tpe-hyperband, one-epoch-topk")] = "eeipu",
+         tuner: Annotated[str, typer.Option(help="eeipu, ei, eips, carbo, ms_carbo, random, tpe; multi-fidelity (rungs over a training stage's epochs, see --fidelity): eeipu-mf, asha, tpe-hyperband, one-epoch-topk")] = "eeipu",
+         fidelity: Annotated[str | None, typer.Option(help="Multi-fidelity tuners: the tuned training stage whose epochs are the rungs (default: the last tuned stage), e.g. intermediate_finetune.")] = None,
          budget: Annotated[float, typer.Option(help="Seconds of stage time to spend (compute + cache loads).")] = 900.0,
          warmup: Annotated[int, typer.Option(help="Random configurations before the model takes over.")] = 5,
          seed: Annotated[int, typer.Option()] = 0,
@@ -285,7 +286,7 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
         if resume is None:  # before any server starts: can this tuner search this space?
             from flows.fidelity import study_space
 
-            study_space(cfg, tuner)
+            study_space(cfg, tuner, fidelity)
     except (*_user_errors(), ValueError) as e:
         fail(str(e))
     _connect_prefect()
@@ -299,7 +300,8 @@ def tune(config: ConfigArg = None, set_: SetOpt = None, store: StoreOpt = None,
         result = tune_flow(st.url, name, config=cfg.model_dump(mode="json"), tuner=tuner,
                            budget=budget, warmup=warmup, seed=seed, resume=resume is not None,
                            progress=bars, max_trials=max_trials,
-                           deployment=deployment, parallel=parallel, locks=lock_setting)
+                           deployment=deployment, parallel=parallel, locks=lock_setting,
+                           fidelity=fidelity)
     except StudyError as e:
         fail(str(e))
     except Exception as e:

@@ -1,17 +1,21 @@
 """Multi-fidelity studies on the real pipeline: a rung is a run with fewer epochs.
 
 A multi-fidelity tuner (`tuners.mf`: eeipu-mf, asha, tpe-hyperband,
-one-epoch-topk) sets the epochs of the last tuned stage, which must be a
-training stage: rung 0 trains a configuration `rungs[0]` epochs, and a
-promotion asks for the same configuration with more epochs. Nothing else is
-special: the pipeline's checkpoint prefixes (`stages.params.training_boundaries`)
-make that run continue from the deepest cached epoch boundary (freeze-thaw),
-and the run reports where training started (`resumed_from_epoch`).
+one-epoch-topk) sets the epochs of one tuned training stage, the fidelity
+stage (`--fidelity`; default: the last tuned stage): rung 0 trains a
+configuration `rungs[0]` epochs, and a promotion asks for the same
+configuration with more epochs. Nothing else is special: the pipeline's
+checkpoint prefixes (`stages.params.training_boundaries`) make that run
+continue from the deepest cached epoch boundary (freeze-thaw), and the run
+reports where training started (`resumed_from_epoch`). An upstream fidelity
+stage (e.g. STILTs' intermediate stage, usually the costly one) works the
+same way; the stages after it rerun on each rung's checkpoint.
 
 The fidelity range is the stage's `epochs` search range when it has one (the
 tuner then owns `epochs`), else 1 to the config's epochs. The tuner sees the
 store through `MFCacheView`: cached stage prefixes plus, per training-stage
-prefix, the epoch boundaries and whole-stage entries the store holds, which
+prefix, the epoch boundaries and whole-stage entries the store holds, and
+the outputs of the stages after it computed on each rung's checkpoint, which
 is how EEIPU-MF prices a partly cached stage (the load plus the epochs left).
 """
 
@@ -30,7 +34,7 @@ from stages.params import training_boundaries
 from stages.pipeline import BY_NAME, STAGE_NAMES
 from tuners import CacheView, Candidate, SearchSpace
 from tuners.mf import MF_TUNERS, CheckpointEntry, MFCacheView, MFCandidate
-from tuners.mf.core import tied_majority
+from tuners.mf.core import fidelity_key, tied_majority
 from tuners.space import prefix_key
 
 __all__ = ["MF_TUNERS", "Fidelity", "StoreView", "StudySpace", "blind_first_rung", "study_space"]
@@ -41,7 +45,7 @@ class Fidelity:
     """The training stage whose epochs a multi-fidelity tuner sets, and their range."""
 
     stage: str  # pipeline stage name
-    index: int  # its tuner stage index (the last tuned stage)
+    index: int  # its tuner stage index
     min_epochs: int
     max_epochs: int
     resumable: bool  # its schedule has checkpoint prefixes (else a promotion retrains)
@@ -83,16 +87,26 @@ class StudySpace:
             cand.resumed_from = int(summary.adapted.get(fid.stage, {}).get("resumed_from_epoch", 0))
 
 
-def study_space(cfg: PipelineConfig, tuner: str) -> StudySpace:
+def study_space(cfg: PipelineConfig, tuner: str, fidelity: str | None = None) -> StudySpace:
     """The search space of `cfg.search` for `tuner`; for a multi-fidelity tuner the
-    last tuned stage's `epochs` becomes the fidelity (StudyError if it cannot)."""
+    `epochs` of the `fidelity` stage (default: the last tuned stage) becomes the
+    fidelity (StudyError, naming the option or field, if it cannot)."""
     if tuner not in MF_TUNERS:
+        if fidelity is not None:
+            raise StudyError(f"--fidelity {fidelity}: only a multi-fidelity tuner "
+                             f"({', '.join(MF_TUNERS)}) has a fidelity, not --tuner {tuner}")
         return StudySpace(SearchSpace.from_spec(cfg.search, STAGE_NAMES), None)
     tuned = [s for s in STAGE_NAMES if s in cfg.search]
-    stage = tuned[-1]
+    stage = fidelity if fidelity is not None else tuned[-1]
+    if fidelity is not None and fidelity not in tuned:
+        trainers = [s for s in tuned if BY_NAME[s].boundaries is not None]
+        raise StudyError(f"--fidelity {fidelity}: not a tuned stage of this config (tuned "
+                         f"training stages: {', '.join(trainers) or 'none'})")
     if BY_NAME[stage].boundaries is None:
-        raise StudyError(f"--tuner {tuner}: a multi-fidelity tuner sets the epochs of the last "
-                         f"tuned stage, which must be a training stage; it is search.{stage}")
+        what = f"--fidelity {stage}" if fidelity is not None else (
+            f"the last tuned stage, search.{stage},")
+        raise StudyError(f"--tuner {tuner}: the fidelity must be a training stage; {what} "
+                         f"is not one (choose one with --fidelity)")
     search = {s: dict(ps) for s, ps in cfg.search.items()}
     spec = search[stage].pop("epochs", None)
     params = cfg.stage_params(stage)
@@ -169,7 +183,21 @@ class StoreView:
             epochs |= {e for e, k in wholes.items() if e not in epochs and has(k)}
             if epochs:
                 checkpoints[pk] = CheckpointEntry(pre, tuple(sorted(epochs)))
-        return MFCacheView(prefixes=base.prefixes, train_stage=fid.index, checkpoints=checkpoints)
+        return MFCacheView(prefixes=base.prefixes, train_stage=fid.index, checkpoints=checkpoints,
+                           outputs=frozenset(self._outputs(trials, has)))
+
+    def _outputs(self, trials: list[Trial], has: Any) -> set[str]:
+        """`fidelity_key`s of the tuned stages after the fidelity stage still in the store,
+        each computed on its trial's checkpoint (none when the fidelity stage is last)."""
+        fid = self.study.fidelity
+        assert fid is not None
+        out: set[str] = set()
+        for t in trials:
+            for k in range(fid.index + 1, len(self.tuned)):
+                if t.epochs is None or not has(t.stages[self.tuned[k]].key):
+                    break
+                out.add(fidelity_key(t.params[: k + 1], t.epochs))
+        return out
 
     def _epoch_keys(self, trial: Trial, pk: str) -> tuple[dict[int, str], dict[int, str]]:
         """A trial's training stage: {epoch: boundary key} of a full-length run, and

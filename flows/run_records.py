@@ -163,6 +163,7 @@ class StudyRecord(_Doc):
 
     study: str
     tuner: str = "?"
+    fidelity: str | None = None  # multi-fidelity tuners: the stage whose epochs are rungs
     budget: float = 0.0
     warmup: int | None = None
     seed: int | None = None

@@ -80,14 +80,16 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
               resume: bool = False, progress: bool = True,
               lock_dir: str | None = None, extend: bool = False, locks: str | None = None,
               max_trials: int | None = None, deployment: str | None = None,
-              parallel: int = 1) -> dict[str, Any]:
+              parallel: int = 1, fidelity: str | None = None) -> dict[str, Any]:
     """Run (or resume) a study until `budget` seconds of stage time are spent.
 
     `extend` (for scheduled deployments): resume the study if it exists, else
     start it, and give it `budget` more seconds than it had. `max_trials`
     stops a study earlier, after that many trials in total. `deployment`
     runs each trial as a flow run of that pipeline deployment (picked up by
-    the work pool's workers), `parallel` of them at a time.
+    the work pool's workers), `parallel` of them at a time. `fidelity`: the
+    training stage whose epochs a multi-fidelity tuner sets (default: the last
+    tuned stage); a resumed study keeps its own.
     """
     check_dispatch(parallel, deployment)
     logger = get_run_logger()
@@ -100,16 +102,20 @@ def tune_flow(store_url: str, study: str, config: dict[str, Any] | None = None,
         raise StudyError(f"study {study!r} exists in {store_url}: use --resume {study}")
     if found is None:
         rec = StudyRecord(study=study, config=config, tuner=tuner, budget=budget, warmup=warmup,
-                          seed=seed)
+                          seed=seed, fidelity=fidelity)
     else:
         rec = StudyRecord.model_validate(found)
+        if fidelity is not None and fidelity != rec.fidelity:
+            raise StudyError(f"--fidelity {fidelity}: study {study!r} has its rungs over "
+                             f"{rec.fidelity or 'the last tuned stage'}'s epochs; a resumed "
+                             "study keeps its fidelity")
     saved_budget = rec.budget if found is not None else None  # a resumed study's, as stored
     if extend and rec.tuner_state is not None:
         rec.budget += budget
     elif resume:
         rec.budget = max(budget, rec.budget)
     cfg = load_config(doc=rec.config)
-    study_sp = study_space(cfg, rec.tuner)
+    study_sp = study_space(cfg, rec.tuner, rec.fidelity)
     space, fid = study_sp.space, study_sp.fidelity
     if fid is not None and not fid.resumable:
         logger.warning("%s's schedule has no checkpoint prefixes: each promotion of %s trains "
