@@ -13,9 +13,9 @@ mid-way continues from its store (`tune --resume`) on the next invocation.
 
     python benchmarks/bench_study.py --seeds 3 --budget 150 [--tuners eeipu ei random ...]
 
-A multi-fidelity tuner's rungs are over the target stage's epochs (the last tuned
-stage); `eeipu-mf@intermediate_finetune` runs it with `--fidelity
-intermediate_finetune` (rungs over the intermediate stage's epochs).
+`tuner@stage` runs a multi-fidelity tuner with `--fidelity stage`: the default
+list has rungs over the intermediate stage's epochs (`eeipu-mf@intermediate_finetune`);
+`eeipu-mf` alone has them over the target stage's (the last tuned stage).
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ RESULTS = ROOT / "benchmarks" / "RESULTS_study.json"
 TRIAL_FIELDS = ("id", "objective", "spent", "saved_s", "reused", "rung", "epochs")
 WORK = ROOT / "benchmarks" / ".work" / "study"
 FRACTIONS = (0.25, 0.5, 1.0)
-# stage-level tuners, then the multi-fidelity ones (rungs over the target stage's epochs)
-TUNERS = ("eeipu", "ei", "random", "eeipu-mf", "asha", "tpe-hyperband", "one-epoch-topk")
+# stage-level tuners, then the multi-fidelity ones with rungs over the intermediate stage's
+# epochs (the costly stage; `eeipu-mf` alone: rungs over the target's, the last tuned stage)
+MF_FIDELITY = "intermediate_finetune"
+TUNERS = ("eeipu", "ei", "random",
+          *(f"{t}@{MF_FIDELITY}" for t in ("eeipu-mf", "asha", "tpe-hyperband", "one-epoch-topk")))
 
 
 def best_at(trials: list[dict[str, Any]], budget: float, fraction: float) -> float | None:
@@ -78,7 +81,7 @@ def run_study(tuner: str, seed: int, budget: float, preset: str, warmup: int) ->
             "wall_s": time.perf_counter() - t0, "trials": trials}
 
 
-def save_results(results: dict[str, Any]) -> None:
+def save_results(results: dict[str, Any], path: Path = RESULTS) -> None:
     """The results file: one line per study, its trials as rows of TRIAL_FIELDS."""
     def rnd(v: Any) -> Any:
         return round(v, 6) if isinstance(v, float) else v
@@ -94,12 +97,12 @@ def save_results(results: dict[str, Any]) -> None:
     if "summary" in results:
         lines[-1] += ","
         lines.append(f' "summary": {json.dumps(results["summary"])}')
-    RESULTS.write_text("{\n" + "\n".join(lines) + "\n}\n")
+    path.write_text("{\n" + "\n".join(lines) + "\n}\n")
 
 
-def load_results() -> dict[str, Any]:
+def load_results(path: Path = RESULTS) -> dict[str, Any]:
     """The results file back, each trial a dict (older files: dicts already)."""
-    results = json.loads(RESULTS.read_text())
+    results = json.loads(path.read_text())
     for run in results["runs"].values():
         run["trials"] = [dict(zip(TRIAL_FIELDS, t, strict=True)) if isinstance(t, list) else t
                          for t in run["trials"]]
@@ -195,14 +198,15 @@ def main() -> None:
     ap.add_argument("--preset", default="study-small", choices=sorted(PRESETS))
     ap.add_argument("--warmup", type=int, default=3, help="random trials before BO")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the results file")
     args = ap.parse_args()
     console = Console()
     from flows.server import ensure_server
 
     ensure_server()
     results: dict[str, Any] = {"preset": args.preset, "budget": args.budget, "runs": {}}
-    if RESULTS.exists() and not args.fresh:
-        old = load_results()
+    if args.results.exists() and not args.fresh:
+        old = load_results(args.results)
         if (old.get("preset"), old.get("budget")) == (args.preset, args.budget):
             results = old
     if args.fresh:
@@ -214,10 +218,10 @@ def main() -> None:
                 continue
             console.print(f"[bold]{name}[/]: study of {args.budget:g} stage seconds ...")
             results["runs"][name] = run_study(tuner, seed, args.budget, args.preset, args.warmup)
-            save_results(results)  # after every study
+            save_results(results, args.results)  # after every study
     results["summary"] = table(results, args.tuners, console)
-    save_results(results)
-    console.print(f"written to {RESULTS}")
+    save_results(results, args.results)
+    console.print(f"written to {args.results}")
 
 
 if __name__ == "__main__":

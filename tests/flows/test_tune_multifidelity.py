@@ -156,7 +156,7 @@ def test_eeipu_mf_runs_from_the_cli_and_its_promotions_reuse_checkpoints(tiny, c
     store_url = str(tmp_path / "store")
     args = [MEMOTUNE, "tune", str(cfg_path), "--store", store_url, "--tuner", "eeipu-mf",
             "--warmup", "2", "--budget", "1000000", "--max-trials", "5", "--study", "e",
-            "--json"]
+            "--json", "--plot", str(tmp_path / "e.png")]  # not into the working directory
     done = subprocess.run(args, env=cli_env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = json.loads(done.stdout)["trials"]
