@@ -251,16 +251,35 @@ class RedisLeaseLockManager(LockManager):
 
         threading.Thread(target=renew, name=f"memotune-lock-{key[:8]}", daemon=True).start()
 
-    def _stop_renewing(self, key: str) -> None:
+    def _stop_renewing(self, key: str) -> bool:
+        """Stop renewing key's lease; False if this manager was not renewing it."""
         with self._mutex:
             stop = self._renewers.pop(key, None)
         if stop is not None:
             stop.set()
+        return stop is not None
 
     def release_lock(self, key: str, holder: str) -> None:
-        self._stop_renewing(key)
+        """Release key. A lease that lapsed while held (a renewal came too late on a
+        starved machine; another holder may have taken the key since) is a warning,
+        not a failed run, since the store's commit does not depend on
+        the lock (manifest last, verified) and the holder's work is already done."""
+        from redis.exceptions import LockNotOwnedError
+
+        was_ours = self._stop_renewing(key)
         with self._calling(f"unlock {key}"):
-            self._inner.release_lock(key, holder)
+            try:
+                self._inner.release_lock(key, holder)
+                return
+            except LockNotOwnedError:  # ours by this process's record, not by Redis's
+                self._inner._locks.pop(f"lock:{key}", None)
+            except ValueError:  # not ours by this process's record either
+                if not was_ours:
+                    raise
+            logging.getLogger("memotune.locks").warning(
+                "the lease on lock %s lapsed before its release, so another run may have "
+                "taken it (a lease of %.0f s was not renewed in time; raise "
+                "MEMOTUNE_LOCK_LEASE_S on a loaded machine)", key, self.lease_s)
 
     def is_locked(self, key: str) -> bool:
         with self._calling(f"look up lock {key}"):

@@ -63,6 +63,29 @@ def test_a_live_holder_keeps_its_lease(redis_url, key):
     a.release_lock(key, holder="a")
 
 
+def test_releasing_a_lapsed_lease_another_holder_took_is_a_warning(redis_url, key, caplog):
+    """A renewal that came too late on a starved CI machine failed a finished flow run:
+    the lease lapsed, another worker took the lock, and releasing it raised."""
+    import redis
+
+    a = RedisLeaseLockManager(redis_url, lease_s=LEASE)
+    b = RedisLeaseLockManager(redis_url, lease_s=LEASE)
+    server = redis.Redis.from_url(redis_url)
+    assert a.acquire_lock(key, holder="a")
+    server.delete(f"lock:{key}")  # a's lease lapses, and no one takes the key
+    a.release_lock(key, holder="a")
+    assert a.acquire_lock(key, holder="a")
+    server.delete(f"lock:{key}")  # a's lease lapses, and b takes the key
+    assert b.acquire_lock(key, holder="b", acquire_timeout=1)
+    a.release_lock(key, holder="a")
+    assert b.is_lock_holder(key, "b"), "releasing a lapsed lease freed the new holder's lock"
+    assert any("lapsed" in r.getMessage() and key in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError):  # a lock never held is still the caller's error
+        a.release_lock(key, holder="never")
+    b.release_lock(key, holder="b")
+    assert not a.is_locked(key)
+
+
 def test_a_killed_holder_frees_its_key_after_the_lease(redis_url, key):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, redis_url, key, str(LEASE)],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)

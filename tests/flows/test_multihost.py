@@ -31,7 +31,7 @@ from flows.config import load_config, set_dotted
 from flows.plan import stage_keys
 from tests.flows.conftest import TINY
 
-LEASE_S = 6.0
+LEASE_S = 10.0  # renewed every LEASE_S / 3: room for a starved CI machine
 DEPLOYMENT = "memotune-pipeline/offline-default"
 
 
@@ -87,6 +87,22 @@ def _wait(ids: list[str], timeout: float) -> list[Any]:
             time.sleep(1)
 
 
+def _why_not_completed(cluster: Cluster, runs: list[Any]) -> str:
+    """Each unfinished run's state message and the worker log lines that name it: a
+    failure on a loaded CI machine must say what went wrong, not only that it did."""
+    lines = []
+    logs = {p.name: p.read_text(errors="replace").splitlines() for p in cluster.root.glob("worker-*.log")}
+    for r in runs:
+        if r.state and r.state.is_completed():
+            continue
+        lines.append(f"{r.name}: {r.state.name if r.state else None}: {r.state.message if r.state else ''}")
+        for name, log in logs.items():
+            hits = [i for i, line in enumerate(log) if r.name in line or str(r.id) in line]
+            if hits:
+                lines += [f"  {name}: {line}" for line in log[hits[0]:hits[-1] + 40][-60:]]
+    return "\n".join(lines)
+
+
 def _computed_task_runs(ids: list[str]) -> Counter:
     """task run name (stage[key prefix]) -> how many runs computed it, per Prefect's API."""
     with get_client(sync_client=True) as client:
@@ -115,7 +131,7 @@ def test_eight_runs_on_two_workers_compute_each_key_once(on_cluster, tmp_path):
     plan = ["A", "B", "C", "A", "B", "C", "A", "B"]
     ids = [_submit(CONFIGS[c], cluster.store_url, f"multi-{i}-{c}") for i, c in enumerate(plan)]
     runs = _wait(ids, timeout=900)
-    assert all(r.state.is_completed() for r in runs), {r.name: r.state.name for r in runs}
+    assert all(r.state.is_completed() for r in runs), _why_not_completed(cluster, runs)
 
     store = ArtifactStore(cluster.store_url)
     records = [store.get_json(n) for n in store.list_docs("runs")]
@@ -186,7 +202,7 @@ def test_a_killed_worker_holding_a_lock_frees_it_after_the_lease(on_cluster):
         time.sleep(0.05)
     assert gone_at - killed_at <= LEASE_S + 1.5, f"lock outlived its lease: {gone_at - killed_at:.1f} s"
     (run,) = _wait([rescue], timeout=600)
-    assert run.state.is_completed()
+    assert run.state.is_completed(), _why_not_completed(cluster, [run])
     store = ArtifactStore(cluster.store_url)
     rec = store.get_json(f"runs/{rescue}.json")
     assert {s["name"]: s["status"] for s in rec["stages"]}["intermediate_finetune"] == "computed"
