@@ -361,7 +361,13 @@ def _publish_trials(rec: StudyRecord, keys: ArtifactKeys) -> None:
                    spent_s=round_sig(x.spent))
         rows.append(row)
     create_table_artifact(table=rows, key=keys.trials,
-                          description=f"Trials of study {rec.study} ({rec.tuner})")
+                          description=f"Trials of study {rec.study} ({rec.tuner}"
+                                      f"{_rungs_over(rec)})")
+
+
+def _rungs_over(rec: StudyRecord) -> str:
+    """`, rungs over <stage> epochs` for a multi-fidelity study that names its fidelity."""
+    return f", rungs over {rec.fidelity} epochs" if rec.fidelity else ""
 
 
 def _summary_markdown(rec: StudyRecord, reason: str) -> str:
@@ -369,7 +375,7 @@ def _summary_markdown(rec: StudyRecord, reason: str) -> str:
     hit = f"{rec.hit_rate:.0%}" if rec.hit_rate is not None else "-"
     lines = [f"# Study {rec.study}", "", reason, "",
              "| | |", "|---|---|",
-             f"| tuner | {rec.tuner} |",
+             f"| tuner | {rec.tuner}{_rungs_over(rec)} |",
              f"| trials | {len(rec.trials)} |",
              f"| stage seconds spent | {rec.spent:.1f} of {rec.budget:.0f} |",
              f"| seconds saved by reuse | {rec.saved_s:.1f} |",

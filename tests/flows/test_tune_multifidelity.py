@@ -18,7 +18,7 @@ from flows.config import load_config
 from flows.fidelity import StoreView, blind_first_rung, study_space
 from flows.run_records import StudyRecord, Trial
 from flows.study import StudyError
-from flows.tune import StageGroups, tune_flow
+from flows.tune import StageGroups, _summary_markdown, tune_flow
 from tuners.mf import MFCacheView
 
 MEMOTUNE = str(Path(sys.executable).parent / "memotune")
@@ -113,6 +113,8 @@ def test_rungs_over_the_intermediate_stage_continue_its_checkpoint_and_rerun_the
 
     # the tuner's view: each trial's target output is cached on its own rung's checkpoint
     doc = StudyRecord.model_validate(store.get_json("studies/up/study.json"))
+    assert doc.fidelity == "intermediate_finetune"
+    assert "asha, rungs over intermediate_finetune epochs" in _summary_markdown(doc, "done")
     study = study_space(cfg, "asha", "intermediate_finetune")
     view = StoreView(store, cfg, study, StageGroups.of(study.space).tuned)(doc.trials)
     assert isinstance(view, MFCacheView) and view.train_stage == 0
