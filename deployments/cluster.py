@@ -60,6 +60,25 @@ def wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = N
         time.sleep(0.2)
 
 
+def stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM a process and everything it started (its process group), SIGKILL what is
+    left after grace_s: a Prefect worker can take a minute to shut down gracefully on a
+    loaded machine, and a stop must not fail because of it."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=60)
+    except ProcessLookupError:
+        proc.wait(timeout=60)
+
+
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
@@ -245,13 +264,7 @@ class Cluster:
 
     def stop(self, remove_data: bool = True) -> None:
         for name in reversed(list(self.procs)):
-            proc = self.procs[name]
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=30)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    self.kill(name)
+            stop_group(self.procs[name])
         link = self.root / "postgres"
         if remove_data and link.is_symlink():
             shutil.rmtree(link.resolve(), ignore_errors=True)
