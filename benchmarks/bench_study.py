@@ -193,7 +193,7 @@ def _against_eeipu(results: dict[str, Any], tuners: list[str], console: Console)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget", type=float, default=240.0, help="stage seconds per study")
+    ap.add_argument("--budget", type=float, default=150.0, help="stage seconds per study")
     ap.add_argument("--tuners", nargs="+", default=list(TUNERS))
     ap.add_argument("--preset", default="study-small", choices=sorted(PRESETS))
     ap.add_argument("--warmup", type=int, default=3, help="random trials before BO")
@@ -207,8 +207,11 @@ def main() -> None:
     results: dict[str, Any] = {"preset": args.preset, "budget": args.budget, "runs": {}}
     if args.results.exists() and not args.fresh:
         old = load_results(args.results)
-        if (old.get("preset"), old.get("budget")) == (args.preset, args.budget):
-            results = old
+        if (old.get("preset"), old.get("budget")) != (args.preset, args.budget):
+            sys.exit(f"error: {args.results} holds studies of preset {old.get('preset')} at "
+                     f"budget {old.get('budget'):g}, not {args.preset} at {args.budget:g}: "
+                     "pass those, another --results file, or --fresh to replace it")
+        results = old
     if args.fresh:
         shutil.rmtree(WORK, ignore_errors=True)
     for seed in range(args.seeds):

@@ -42,4 +42,11 @@ STUDY_SMALL = {
             "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
     },
 }
-PRESETS: dict[str, dict] = {"tiny": TINY, "small": SMALL, "study-small": STUDY_SMALL}
+# study-small with a 9x fidelity range on the costly stage (intermediate epochs 1-9,
+# rungs 1, 3, 9): where stopping a trial early saves most of its cost
+STUDY_WIDE = {**STUDY_SMALL, "search": {
+    **STUDY_SMALL["search"],
+    "intermediate_finetune": {**STUDY_SMALL["search"]["intermediate_finetune"],
+                              "epochs": {"type": "int", "low": 1, "high": 9}}}}
+PRESETS: dict[str, dict] = {"tiny": TINY, "small": SMALL, "study-small": STUDY_SMALL,
+                            "study-wide": STUDY_WIDE}
