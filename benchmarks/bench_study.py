@@ -201,9 +201,6 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, help="the results file")
     args = ap.parse_args()
     console = Console()
-    from flows.server import ensure_server
-
-    ensure_server()
     results: dict[str, Any] = {"preset": args.preset, "budget": args.budget, "runs": {}}
     if args.results.exists() and not args.fresh:
         old = load_results(args.results)
@@ -212,6 +209,9 @@ def main() -> None:
                      f"budget {old.get('budget'):g}, not {args.preset} at {args.budget:g}: "
                      "pass those, another --results file, or --fresh to replace it")
         results = old
+    from flows.server import ensure_server
+
+    ensure_server()
     if args.fresh:
         shutil.rmtree(WORK, ignore_errors=True)
     for seed in range(args.seeds):
