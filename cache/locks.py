@@ -251,13 +251,11 @@ class RedisLeaseLockManager(LockManager):
 
         threading.Thread(target=renew, name=f"memotune-lock-{key[:8]}", daemon=True).start()
 
-    def _stop_renewing(self, key: str) -> bool:
-        """Stop renewing key's lease; False if this manager was not renewing it."""
+    def _stop_renewing(self, key: str) -> None:
         with self._mutex:
             stop = self._renewers.pop(key, None)
         if stop is not None:
             stop.set()
-        return stop is not None
 
     def release_lock(self, key: str, holder: str) -> None:
         """Release key. A lease that lapsed while held (a renewal came too late on a
@@ -266,16 +264,14 @@ class RedisLeaseLockManager(LockManager):
         the lock (manifest last, verified) and the holder's work is already done."""
         from redis.exceptions import LockNotOwnedError
 
-        was_ours = self._stop_renewing(key)
+        self._stop_renewing(key)
         with self._calling(f"unlock {key}"):
             try:
-                self._inner.release_lock(key, holder)
+                self._inner.release_lock(key, holder)  # ValueError: never ours (caller's bug)
                 return
-            except LockNotOwnedError:  # ours by this process's record, not by Redis's
+            except LockNotOwnedError:  # ours by this process's record, not by Redis's:
+                # prefect-redis raises before forgetting it, and would keep calling us holder
                 self._inner._locks.pop(f"lock:{key}", None)
-            except ValueError:  # not ours by this process's record either
-                if not was_ours:
-                    raise
             logging.getLogger("memotune.locks").warning(
                 "the lease on lock %s lapsed before its release, so another run may have "
                 "taken it (a lease of %.0f s was not renewed in time; raise "
