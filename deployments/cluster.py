@@ -60,22 +60,25 @@ def wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = N
         time.sleep(0.2)
 
 
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a process and everything it started (its process group), if still there."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM a process and everything it started (its process group), SIGKILL what is
-    left after grace_s: a Prefect worker can take a minute to shut down gracefully on a
-    loaded machine, and a stop must not fail because of it."""
+    """SIGTERM a process group, SIGKILL what is left after grace_s: a Prefect worker can
+    take a minute to shut down gracefully on a loaded machine, and a stop must not fail
+    because of it."""
     if proc.poll() is not None:
         return
+    signal_group(proc, signal.SIGTERM)
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
-    except ProcessLookupError:
+        signal_group(proc, signal.SIGKILL)
         proc.wait(timeout=60)
 
 
@@ -255,10 +258,7 @@ class Cluster:
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal a piece and everything it started (its process group)."""
         proc = self.procs[name]
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        signal_group(proc, sig)
         if sig in (signal.SIGKILL, signal.SIGTERM):
             proc.wait(timeout=60)
 
