@@ -91,11 +91,13 @@ def _why_not_completed(cluster: Cluster, runs: list[Any]) -> str:
     """Each unfinished run's state message and the worker log lines that name it: a
     failure on a loaded CI machine must say what went wrong, not only that it did."""
     lines = []
-    logs = {p.name: p.read_text(errors="replace").splitlines() for p in cluster.root.glob("worker-*.log")}
+    logs = {p.name: p.read_text(errors="replace").splitlines()
+            for p in cluster.root.glob("worker-*.log")}
     for r in runs:
         if r.state and r.state.is_completed():
             continue
-        lines.append(f"{r.name}: {r.state.name if r.state else None}: {r.state.message if r.state else ''}")
+        state = f"{r.state.name}: {r.state.message}" if r.state else "no state"
+        lines.append(f"{r.name}: {state}")
         for name, log in logs.items():
             hits = [i for i, line in enumerate(log) if r.name in line or str(r.id) in line]
             if hits:
