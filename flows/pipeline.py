@@ -146,11 +146,17 @@ def _prefixes(ctx: StageContext, store: ArtifactStore, stage: str, key: str,
 
 @dataclass
 class _Outcome:
-    """One stage of this run as it happened: its output, and whether Prefect served it."""
+    """One stage of this run as it happened: its output, and whether Prefect served it.
+
+    `check_s`: reading the stage's record and manifest (the hit check), what a
+    cached stage costs itself. Prefect's task-run orchestration around it (state
+    calls, tag concurrency slots: up to seconds on a busy server) is left out,
+    as it is from a computed stage's compute seconds.
+    """
 
     output: StageOutput
     cached: bool
-    wall_s: float
+    check_s: float
 
 
 def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]],
@@ -167,27 +173,28 @@ def _run_once(planned: list[tuple[Stage, str, dict[str, Any]]],
         t0 = time.perf_counter()
         # a sound record now: a hit that needs no lock; else lock, look again, compute
         task_fn = reading if records.is_hit(key) else computing
+        check_s = time.perf_counter() - t0
         state = task_fn(stage.name, key, params, {n: keys[n] for n in stage.needs}, store.url,
                         device, progress, sorted(bounds.get(stage.name, {}).items()),
                         return_state=True)
-        wall = time.perf_counter() - t0
         try:
             out = StageOutput.model_validate(state.result())  # raises the stage's exception
         except Exception as e:
             note_stage(e, stage.name)
             raise
         # "reused": Prefect had no record, but the entry was there: nothing computed
-        outcomes.append(_Outcome(out, cached=state.name == "Cached" or out.reused, wall_s=wall))
+        outcomes.append(_Outcome(out, cached=state.name == "Cached" or out.reused,
+                                 check_s=check_s))
     return outcomes
 
 
 def _stage_runs(outcomes: list[_Outcome]) -> list[StageRun]:
-    """The run's stage rows. Loading a cached upstream's files for a computing stage
-    is part of that upstream's load cost; a cached stage saved its recorded compute
-    seconds less its load seconds. A stage that continued from a checkpoint prefix
+    """The run's stage rows. A cached stage's load is its hit check plus the fetches
+    of its files by computing stages; it saved its recorded compute seconds less
+    its load seconds. A stage that continued from a checkpoint prefix
     is computed: it loaded the boundary and saved the boundary's compute seconds."""
     cached = {o.output.stage for o in outcomes if o.cached}
-    load = {o.output.stage: o.wall_s if o.cached else 0.0 for o in outcomes}
+    load = {o.output.stage: o.check_s if o.cached else 0.0 for o in outcomes}
     for o in outcomes:
         for need, secs in o.output.fetch_s.items():
             if need in cached:

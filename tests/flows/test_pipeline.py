@@ -116,3 +116,49 @@ def test_pipeline_on_s3(prefect_api, tiny, s3_store_url, tmp_path, monkeypatch):
     second = _run(tiny, s3_store_url, tmp_path)
     assert _statuses(second) == ["cached"] * 4
     assert [p.cached for p in plan(load_config(doc=tiny), store)] == [True] * 4
+
+
+def test_a_cached_stage_is_charged_its_reads_not_prefects_orchestration(prefect_api, tiny, store_url,
+                                                                        tmp_path):
+    """A busy Prefect server can hold a task run for seconds before it starts (state calls,
+    tag concurrency slots); a cached stage used to be charged that wait as its load, so
+    an 88 KB data_prep entry "loaded" in 2 s while computing it took 0.7 s. Here a real
+    tag concurrency limit, its one slot held for 3 s, makes the cached data_prep task
+    wait: its load stays the hit check (a record and a manifest read)."""
+    import threading
+    import time
+
+    from prefect import tags
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+
+    _run(tiny, store_url, tmp_path)
+    tag = "memotune-test-held-slot"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=f"tag:{tag}", limit=1))
+    held, hold_s = threading.Event(), 3.0
+
+    def hold() -> None:
+        with concurrency(f"tag:{tag}", occupy=1):
+            held.set()
+            time.sleep(hold_s)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        t0 = time.perf_counter()
+        with tags(tag):
+            second = _run(tiny, store_url, tmp_path)
+        waited = time.perf_counter() - t0
+    finally:
+        holder.join()
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(f"tag:{tag}")
+    assert _statuses(second) == ["cached"] * 4
+    assert waited >= hold_s * 0.8  # the run did wait on Prefect for the slot
+    prep = second["stages"][0]
+    assert prep["load_s"] < 1.0, prep
+    assert sum(s["load_s"] for s in second["stages"]) < 1.0
