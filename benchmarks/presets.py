@@ -49,9 +49,9 @@ STUDY_WIDE = {**STUDY_SMALL, "search": {
     "intermediate_finetune": {**STUDY_SMALL["search"]["intermediate_finetune"],
                               "epochs": {"type": "int", "low": 1, "high": 9}}}}
 # study-small with 4x the target's training rows, so the target stage learns (held-out
-# accuracy up to 0.95) and dominates a trial's cost once the intermediate is cached, and
-# target epochs 1-9 (rungs 1, 3, 9): already after one epoch the held-out accuracy ranks
-# the learning rates (at 600 rows it sits at chance for 3 epochs)
+# accuracy up to 0.99) and dominates a trial's cost once the intermediate is cached, and
+# target epochs 1-9 (rungs 1, 3, 9): after one epoch the held-out accuracy already ranks
+# most learning rates (at 600 rows it sits at chance for 2-3 epochs)
 STUDY_TARGET = {**STUDY_SMALL,
                 "data_prep": {**STUDY_SMALL["data_prep"],
                               "builtin": {**STUDY_SMALL["data_prep"]["builtin"], "n_train": 2400}},
