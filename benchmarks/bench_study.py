@@ -1,9 +1,11 @@
 """Studies on the real pipeline: every tuner, the same stage-seconds budget.
 
-Each (tuner, seed) runs one study of the `study-small` preset (the offline
-default made small: a full run takes tens of seconds on 2 cores; search space:
-intermediate and target lr and epochs, the target's optimizer mode) with the
-same budget of stage seconds (compute + cache loads, what `tune` charges), on
+Each (tuner, seed) runs one study of a preset (default `study-small`: the
+offline default made small, a full run takes tens of seconds on 2 cores;
+`study-target`: the same with a 4x larger target set, so the target stage is
+most of a cached trial's cost; examples/study-*.yaml are the same pipelines;
+search space: intermediate and target lr and epochs, the target's optimizer
+mode) with the same budget of stage seconds (compute + cache loads, what `tune` charges), on
 a fresh store of its own. Per tuner (medians over seeds): trials completed,
 best objective, best so far at 25/50/100% of the budget, seconds saved by
 reuse; then EEIPU's ratios against each baseline.
@@ -12,6 +14,9 @@ Resumable: finished studies are kept in the results file, and a study killed
 mid-way continues from its store (`tune --resume`) on the next invocation.
 
     python benchmarks/bench_study.py --seeds 3 --budget 150 [--tuners eeipu ei random ...]
+    python benchmarks/bench_study.py --preset study-target --seeds 3 --budget 200 \
+        --tuners eeipu ei random eeipu-mf asha tpe-hyperband one-epoch-topk \
+        --results benchmarks/RESULTS_study_heavy_target.json
 
 `tuner@stage` runs a multi-fidelity tuner with `--fidelity stage`: the default
 list has rungs over the intermediate stage's epochs (`eeipu-mf@intermediate_finetune`);

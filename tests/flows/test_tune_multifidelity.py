@@ -213,9 +213,10 @@ def test_the_cli_refuses_a_fidelity_stage_that_is_not_a_tuned_training_stage(tin
     assert "intermediate_finetune" in lines[0]  # it names the stages that would do
 
 
-def test_the_study_small_example_is_the_benchmark_preset():
+@pytest.mark.parametrize("preset", ["study-small", "study-target"])
+def test_the_study_examples_are_the_benchmark_presets(preset):
     from benchmarks.presets import PRESETS
 
-    example = Path(__file__).parents[2] / "examples" / "study-small.yaml"
-    assert load_config(str(example)) == load_config(doc=PRESETS["study-small"])
+    example = Path(__file__).parents[2] / "examples" / f"{preset}.yaml"
+    assert load_config(str(example)) == load_config(doc=PRESETS[preset])
     assert study_space(load_config(str(example)), "eeipu-mf").fidelity.resumable
