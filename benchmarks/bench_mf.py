@@ -1,6 +1,6 @@
 """Benchmark the multi-fidelity tuners on the learning-curve pipelines.
 
-    python benchmarks/bench_mf.py            # 5 seeds, budget 4000, writes RESULTS_mf.md
+    python benchmarks/bench_mf.py            # 10 seeds, budget 4000, writes RESULTS_mf.md
 
 eeipu-mf, ASHA, TPE+Hyperband (Optuna) and one-epoch-top-K against
 stage-level EEIPU and EI, every tuner at the same cost budget on the same
@@ -55,7 +55,7 @@ seeds, "never" if the median seed never did; in brackets how many seeds did).
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5, help="seeds per (pipeline, tuner)")
+    ap.add_argument("--seeds", type=int, default=10, help="seeds per (pipeline, tuner)")
     ap.add_argument("--budget", type=float, default=4000.0, help="cost budget per run")
     ap.add_argument("--tuners", nargs="*", choices=MF_BENCH_TUNERS, help="default: all")
     ap.add_argument("--pipelines", nargs="*", choices=lc_suite_names(),
