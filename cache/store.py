@@ -523,6 +523,19 @@ def _backend_class(protocol: str) -> type[_LocalBackend] | type[_RemoteBackend]:
     return _RemoteBackend if protocol == "memory" else _S3Backend
 
 
+def _holds_copy_of(final: Path, m: Manifest) -> bool:
+    """Whether a fetch-cache directory holds this manifest's files (sizes checked)."""
+    try:
+        cached = Manifest.from_json((final / MANIFEST).read_bytes(), key=m.key)
+    except (OSError, CorruptEntryError):
+        return False
+    return cached == m and all(
+        (final / "files" / r.name).is_file()
+        and (final / "files" / r.name).stat().st_size == r.size
+        for r in m.files
+    )
+
+
 class ArtifactStore:
     """Content-addressed stage outputs in one fsspec location.
 
@@ -812,21 +825,15 @@ class ArtifactStore:
         anyway), so a reused copy is a verified one; reuse checks sizes only.
         """
         final = self.cache_dir / m.key
-        try:
-            cached = Manifest.from_json((final / MANIFEST).read_bytes(), key=m.key)
-        except (OSError, CorruptEntryError):
-            cached = None
-        if cached == m and all(
-            (final / "files" / r.name).is_file()
-            and (final / "files" / r.name).stat().st_size == r.size
-            for r in m.files
-        ):
+        if _holds_copy_of(final, m):
             return final / "files"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{m.key}.", dir=self.cache_dir))
         try:
             self._download(m, tmp / "files", verify=True)
             (tmp / MANIFEST).write_text(m.to_json())
+            if _holds_copy_of(final, m):  # a concurrent fetch finished first: others may be
+                return final / "files"  # reading its files, so keep it and drop ours
             if final.exists():  # stale copy of an older entry under this key
                 stale = Path(tempfile.mkdtemp(prefix=f".{m.key}.stale.", dir=self.cache_dir))
                 os.replace(final, stale / "old")

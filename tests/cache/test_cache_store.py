@@ -275,3 +275,37 @@ def test_json_docs(store):
     store.fs.pipe_file(store_path(store, "studies", "broken.json"), b"{oops")
     with pytest.raises(StoreError, match="broken.json"):
         store.get_json("studies/broken.json")
+
+
+class InterleavedStore(ArtifactStore):
+    """Runs another process's whole fetch while this one is still downloading."""
+
+    during_download = None
+
+    def _download(self, m, target, verify):
+        super()._download(m, target, verify)
+        if (hook := self.during_download) is not None:
+            self.during_download = None
+            hook()
+
+
+@pytest.mark.parametrize("store_url", ["memory"], indirect=True)
+def test_a_concurrent_fetch_keeps_the_copy_others_are_reading(store_url, tmp_path):
+    """Two workers on one host fetch the same entry at once (a parallel study whose
+    trials share an intermediate stage): the one that finishes second must not move
+    the first one's copy away while the first one reads it."""
+    commit(ArtifactStore.open(store_url), K, tmp_path / "out")
+    cache = tmp_path / "shared-fetch-cache"
+    first = ArtifactStore.open(store_url, cache_dir=cache)
+    second = InterleavedStore.open(store_url, cache_dir=cache)
+    seen: dict[str, object] = {}
+
+    def first_fetches_and_reads():
+        got = first.fetch(K)
+        seen["dir"], seen["inode"] = got, (got / "model.safetensors").stat().st_ino
+
+    second.during_download = first_fetches_and_reads
+    got = second.fetch(K)
+    assert got == seen["dir"] and read_tree(got) == FILES
+    assert (got / "model.safetensors").stat().st_ino == seen["inode"], "first copy was replaced"
+    assert [p.name for p in got.parent.parent.iterdir()] == [K]  # no temporary or stale copy
