@@ -294,10 +294,10 @@ def test_a_concurrent_fetch_keeps_the_copy_others_are_reading(store_url, tmp_pat
     """Two workers on one host fetch the same entry at once (a parallel study whose
     trials share an intermediate stage): the one that finishes second must not move
     the first one's copy away while the first one reads it."""
-    commit(ArtifactStore.open(store_url), K, tmp_path / "out")
     cache = tmp_path / "shared-fetch-cache"
     first = ArtifactStore.open(store_url, cache_dir=cache)
     second = InterleavedStore.open(store_url, cache_dir=cache)
+    commit(first, K, tmp_path / "out")
     seen: dict[str, object] = {}
 
     def first_fetches_and_reads():
